@@ -1,1 +1,141 @@
-NODES = []
+"""Step-caching nodes: MODEL in, a clone with a StepCache attached out. The policies live in ``cachers/``."""
+from __future__ import annotations
+
+from functools import partial
+
+from comfy_api.latest import io
+
+from ..cachers.adapters import adapter_for
+from ..cachers.comfy_hooks import attach
+from ..cachers.policies import AdaptivePolicy, IntervalPolicy, TargetSpeedPolicy, Window
+from ..cachers.session import StepCache
+
+CATEGORY = "fastlane/cache"
+GRANULARITY_TIP = ("What a cached step reuses. blocks: skip every transformer block and forecast their summed "
+                   "residual (embeddings and final layer still run, so the timestep modulation stays exact). "
+                   "output: forecast the whole model output (cheapest; works with ControlNet).")
+
+
+def _common_inputs() -> list:
+    return [
+        io.Combo.Input("granularity", options=["blocks", "output"], default="blocks", tooltip=GRANULARITY_TIP),
+        io.Float.Input("start", default=0.0, min=0.0, max=1.0, step=0.01,
+                       tooltip="Fraction of the steps before which every step computes."),
+        io.Float.Input("end", default=1.0, min=0.0, max=1.0, step=0.01,
+                       tooltip="Fraction of the steps from which every step computes again (1.0: to the end)."),
+    ]
+
+
+def _model_input() -> io.Model.Input:
+    return io.Model.Input("model", tooltip="A FLUX model (from Load Diffusion Model, a checkpoint loader, or LoRA).")
+
+
+def _cached(model, make_policy, order: int, granularity: str, label: str) -> io.NodeOutput:
+    adapter = adapter_for(model)
+    return io.NodeOutput(attach(model, StepCache(make_policy, order, granularity, label), adapter))
+
+
+class FastlaneFORA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FastlaneFORA",
+            display_name="Fastlane FORA Cache",
+            category=CATEGORY,
+            description="FORA: run the transformer every `interval` steps and reuse its result in between. "
+                        "interval 2 halves the transformer passes. interval 1 is exactly the uncached model.",
+            inputs=[
+                _model_input(),
+                io.Int.Input("interval", default=2, min=1, max=10, tooltip="Compute every N-th step; reuse in between."),
+                *_common_inputs(),
+            ],
+            outputs=[io.Model.Output(tooltip="The model with FORA caching (the input MODEL is unchanged).")],
+        )
+
+    @classmethod
+    def execute(cls, model, interval: int, granularity: str, start: float, end: float) -> io.NodeOutput:
+        return _cached(model, partial(IntervalPolicy, interval, Window(start, end)), 0, granularity, f"FORA/{interval}")
+
+
+class FastlaneTaylorSeer(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FastlaneTaylorSeer",
+            display_name="Fastlane TaylorSeer Cache",
+            category=CATEGORY,
+            description="TaylorSeer: run the transformer every `interval` steps and, in between, forecast its "
+                        "result from a Taylor expansion of the computed steps (order 0 = FORA's plain reuse).",
+            inputs=[
+                _model_input(),
+                io.Int.Input("interval", default=3, min=1, max=10, tooltip="Compute every N-th step; forecast in between."),
+                io.Int.Input("order", default=2, min=0, max=3, tooltip="Taylor order of the forecast (0: reuse)."),
+                io.Int.Input("warmup_steps", default=2, min=0, max=100,
+                             tooltip="Steps at the start that always compute (the forecast needs history)."),
+                *_common_inputs(),
+            ],
+            outputs=[io.Model.Output(tooltip="The model with TaylorSeer caching (the input MODEL is unchanged).")],
+        )
+
+    @classmethod
+    def execute(cls, model, interval: int, order: int, warmup_steps: int, granularity: str, start: float,
+                end: float) -> io.NodeOutput:
+        policy = partial(IntervalPolicy, interval, Window(start, end), warmup_steps)
+        return _cached(model, policy, order, granularity, f"TaylorSeer/{interval}/o{order}")
+
+
+class FastlaneAdaptiveCache(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FastlaneAdaptiveCache",
+            display_name="Fastlane Adaptive Cache",
+            category=CATEGORY,
+            description="Adaptive caching: skip steps while the estimated change of the model's output, accumulated "
+                        "since the last computed step, stays under `threshold`. Higher threshold: faster, looser.",
+            inputs=[
+                _model_input(),
+                io.Float.Input("threshold", default=0.15, min=0.0, max=3.0, step=0.01,
+                               tooltip="Accumulated relative output change that forces a computed step."),
+                io.Int.Input("max_skips", default=3, min=1, max=20, tooltip="Never serve more steps in a row from the cache."),
+                io.Int.Input("order", default=1, min=0, max=3, tooltip="Taylor order of the forecast on skipped steps."),
+                io.Int.Input("warmup_steps", default=2, min=0, max=100, tooltip="Steps at the start that always compute."),
+                *_common_inputs(),
+            ],
+            outputs=[io.Model.Output(tooltip="The model with adaptive caching (the input MODEL is unchanged).")],
+        )
+
+    @classmethod
+    def execute(cls, model, threshold: float, max_skips: int, order: int, warmup_steps: int, granularity: str,
+                start: float, end: float) -> io.NodeOutput:
+        policy = partial(AdaptivePolicy, threshold, max_skips, Window(start, end), warmup_steps)
+        return _cached(model, policy, order, granularity, f"Adaptive/{threshold:g}")
+
+
+class FastlaneTargetSpeedCache(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FastlaneTargetSpeedCache",
+            display_name="Fastlane Target Speed Cache",
+            category=CATEGORY,
+            description="Ask for a speed, get it: exactly `compute_fraction` of the steps run the transformer "
+                        "(0.4 = 2.5x fewer passes), placed where the output changes most; the rest are forecast.",
+            inputs=[
+                _model_input(),
+                io.Float.Input("compute_fraction", default=0.4, min=0.05, max=1.0, step=0.01,
+                               tooltip="Fraction of the steps that run the transformer (rounded, at least one)."),
+                io.Int.Input("order", default=1, min=0, max=3, tooltip="Taylor order of the forecast on skipped steps."),
+                *_common_inputs(),
+            ],
+            outputs=[io.Model.Output(tooltip="The model with target-speed caching (the input MODEL is unchanged).")],
+        )
+
+    @classmethod
+    def execute(cls, model, compute_fraction: float, order: int, granularity: str, start: float,
+                end: float) -> io.NodeOutput:
+        policy = partial(TargetSpeedPolicy, compute_fraction, Window(start, end))
+        return _cached(model, policy, order, granularity, f"Target/{compute_fraction:g}")
+
+
+NODES = [FastlaneFORA, FastlaneTaylorSeer, FastlaneAdaptiveCache, FastlaneTargetSpeedCache]

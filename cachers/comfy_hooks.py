@@ -1,0 +1,97 @@
+"""Attaching a StepCache to a ComfyUI ModelPatcher: the wrappers every model family shares.
+
+- OUTER_SAMPLE: each sampling run starts from a fresh StepCache (EasyCache's pattern), so a second queue run,
+  another KSampler on the same MODEL, or a refiner stage never sees the previous run's features.
+- DIFFUSION_MODEL: per call, find the step from the sigmas, let the policy decide, and either run the model
+  (adapters capture features through their own patches) or serve the call from the cache.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import comfy.model_patcher
+import comfy.patcher_extension
+from comfy.patcher_extension import WrappersMP
+
+from .session import Call, StepCache
+
+HOLDER_KEY = "fastlane_cache"
+RECORDER_KEY = "fastlane_recorder"  # set by the benchmark node; told which calls were computed
+WRAPPER_KEY = "fastlane_cache"
+log = logging.getLogger("fastlane")
+
+
+def transformer_options_of(args: tuple, kwargs: dict) -> dict:
+    options = kwargs.get("transformer_options")
+    if options is None:
+        options = next(a for a in reversed(args) if isinstance(a, dict))
+    return options
+
+
+def current_call(transformer_options: dict) -> Call | None:
+    return transformer_options.get("fastlane_call")
+
+
+def _batch_key(x, transformer_options: dict) -> tuple:
+    conds = tuple(str(u) for u in transformer_options.get("uuids", ())) or tuple(transformer_options.get("cond_or_uncond", ()))
+    return conds, tuple(x.shape), x.dtype, str(x.device)
+
+
+def make_diffusion_model_wrapper(adapter):
+    def diffusion_model_wrapper(executor, *args, **kwargs):
+        options = transformer_options_of(args, kwargs)
+        cache: StepCache = options[HOLDER_KEY]
+        x = args[0]
+        adapter.check_call(cache, args, kwargs)
+        call = cache.begin_call(x, float(options["sigmas"][0]), options["sample_sigmas"], _batch_key(x, options),
+                                adapter.features(cache.granularity))
+        recorder = options.get(RECORDER_KEY)
+        if recorder is not None:
+            recorder.mark_call(computed=call.compute, label=cache.label)
+        if not call.compute and cache.granularity == "output":
+            out = call.forecast("out")
+        else:
+            options["fastlane_call"] = call
+            try:
+                out = executor(*args, **kwargs)
+            finally:
+                options.pop("fastlane_call", None)
+            if call.compute and cache.granularity == "output":
+                call.store("out", out)
+        cache.end_call(call, x, out)
+        return out
+
+    return diffusion_model_wrapper
+
+
+def outer_sample_wrapper(executor, *args, **kwargs):
+    guider = executor.class_obj
+    original_options = guider.model_options
+    guider.model_options = comfy.model_patcher.create_model_options_clone(original_options)
+    options = guider.model_options["transformer_options"]
+    cache: StepCache = options[HOLDER_KEY].fresh()
+    options[HOLDER_KEY] = cache
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        summary = cache.summary()
+        if summary["steps"]:
+            log.info("Fastlane %s (%s): computed %d of %d steps %s, %d calls from cache, cache %.1f MB",
+                     summary["label"], summary["policy"], len(summary["computed_steps"]), summary["steps"],
+                     summary["computed_steps"], summary["forecast_calls"], summary["cache_bytes"] / 2**20)
+        guider.model_options = original_options
+
+
+def attach(model: comfy.model_patcher.ModelPatcher, cache: StepCache, adapter: Any) -> comfy.model_patcher.ModelPatcher:
+    """Return a clone of ``model`` with ``cache`` attached; ``model`` itself is left untouched."""
+    if cache.granularity not in adapter.granularities:
+        raise ValueError(f"{adapter.family} supports granularity {adapter.granularities}, not '{cache.granularity}'")
+    patched = model.clone()
+    if HOLDER_KEY in patched.model_options.get("transformer_options", {}):
+        raise ValueError("this MODEL already has a Fastlane cacher; use one cacher node per model chain")
+    patched.model_options["transformer_options"][HOLDER_KEY] = cache
+    patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)
+    patched.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, make_diffusion_model_wrapper(adapter))
+    adapter.install(patched, cache)
+    return patched

@@ -1,0 +1,160 @@
+"""The state of step caching for one sampling run, and the per-call protocol the ComfyUI glue drives.
+
+``StepCache`` is the holder a node attaches to a model (configuration only). At the start of every sampling run
+the glue swaps in ``StepCache.fresh()``, so nothing survives from one run, one KSampler or one branch to the next.
+Within a run, features are keyed by batch composition (which conds are in the batch, and the latent's shape):
+cond and uncond batched together or apart, a new resolution or batch size each get their own forecasts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Hashable
+
+import torch
+
+from .forecast import TaylorForecaster
+from .policies import Policy
+from .schedule import StepClock
+
+SIGNAL_SUBSAMPLE = 4  # spatial stride of the copies kept for the change signal: cheap, and enough to rank steps
+
+
+@dataclass
+class Call:
+    """One diffusion-model call: where it sits on the schedule and whether the model runs."""
+
+    step: int
+    position: float
+    key: Hashable
+    compute: bool
+    run: "CacheRun"
+    scratch: dict = field(default_factory=dict)  # adapters keep per-call tensors here (e.g. the block-stack input)
+
+    def forecast(self, feature: str) -> torch.Tensor:
+        return self.run.forecasters[(self.key, feature)].predict(self.position)
+
+    def store(self, feature: str, value: torch.Tensor) -> None:
+        forecaster = self.run.forecasters.get((self.key, feature))
+        if forecaster is None:
+            forecaster = self.run.forecasters[(self.key, feature)] = TaylorForecaster(self.run.order)
+        forecaster.update(self.position, value)
+
+
+@dataclass
+class _ChangeSignal:
+    """Estimates how much the output would change at a step from how much the input changed (EasyCache's idea):
+    output change per unit of input change is measured between computed calls and assumed locally constant."""
+
+    x_prev: torch.Tensor | None = None
+    x_computed: torch.Tensor | None = None
+    out_computed: torch.Tensor | None = None
+    ratio: float | None = None
+
+    @staticmethod
+    def _small(t: torch.Tensor) -> torch.Tensor:
+        return t[..., ::SIGNAL_SUBSAMPLE, ::SIGNAL_SUBSAMPLE].detach().float().clone() if t.ndim >= 3 else t.detach().float().clone()
+
+    def estimate(self, x: torch.Tensor) -> float | None:
+        small = self._small(x)
+        estimate = None
+        if self.ratio is not None and self.x_prev is not None and self.x_prev.shape == small.shape:
+            input_change = (small - self.x_prev).abs().mean()
+            estimate = float(self.ratio * input_change / self.out_computed.abs().mean().clamp_min(1e-12))
+        self.x_prev = small
+        return estimate
+
+    def observe_output(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        x_small, out_small = self._small(x), self._small(out)
+        if self.x_computed is not None and self.x_computed.shape == x_small.shape:
+            input_change = float((x_small - self.x_computed).abs().mean())
+            if input_change > 0:
+                self.ratio = float((out_small - self.out_computed).abs().mean()) / input_change
+        self.x_computed, self.out_computed = x_small, out_small
+
+
+@dataclass
+class CacheRun:
+    """Everything one sampling run learns; dropped whole at the end of the run."""
+
+    clock: StepClock
+    policy: Policy
+    order: int
+    decisions: dict[int, bool] = field(default_factory=dict)
+    forecasters: dict[tuple, TaylorForecaster] = field(default_factory=dict)
+    signal: _ChangeSignal = field(default_factory=_ChangeSignal)
+    lead_key: Hashable | None = None
+    computed_calls: int = 0
+    forecast_calls: int = 0
+
+    def __post_init__(self) -> None:
+        n = self.clock.num_steps
+        self.policy.begin(n, [self.clock.step_size(i) for i in range(n)])
+
+    def decide(self, step: int, key: Hashable, x: torch.Tensor) -> bool:
+        if self.lead_key is None:
+            self.lead_key = key
+        if step not in self.decisions:
+            # The first batch to reach a step decides for every batch of that step (cond and uncond agree).
+            signal = self.signal.estimate(x) if self.policy.needs_signal and key == self.lead_key else None
+            self.decisions[step] = self.policy.decide(step, signal)
+        elif self.policy.needs_signal and key == self.lead_key:
+            self.signal.estimate(x)
+        return self.decisions[step]
+
+    def cache_bytes(self) -> int:
+        return sum(f.nbytes() for f in self.forecasters.values())
+
+
+class StepCache:
+    """What a cacher node attaches to a model: how to decide (a policy factory), how far to forecast (Taylor order),
+    and what to cache (granularity, interpreted by the model family's adapter)."""
+
+    def __init__(self, make_policy: Callable[[], Policy], order: int, granularity: str, label: str) -> None:
+        TaylorForecaster(order)  # validates order
+        make_policy()  # validates the policy's parameters now, at node time, not mid-sampling
+        self.make_policy = make_policy
+        self.order = order
+        self.granularity = granularity
+        self.label = label
+        self.run: CacheRun | None = None
+        self.history: list[dict] = []
+
+    def fresh(self) -> "StepCache":
+        return StepCache(self.make_policy, self.order, self.granularity, self.label)
+
+    def begin_call(self, x: torch.Tensor, sigma: float, sample_sigmas, key: Hashable, features: tuple[str, ...]) -> Call:
+        if self.run is None or not self.run.clock.matches(sample_sigmas):
+            self.run = CacheRun(StepClock(sample_sigmas), self.make_policy(), self.order)
+        run = self.run
+        step = run.clock.step_index(sigma)
+        position = run.clock.position(sigma)
+        compute = run.decide(step, key, x)
+        if not compute and not all((key, f) in run.forecasters for f in features):
+            compute = True  # this batch composition has nothing cached yet
+        return Call(step, position, key, compute, run)
+
+    def end_call(self, call: Call, x: torch.Tensor, out: torch.Tensor) -> None:
+        run = call.run
+        if call.compute:
+            run.computed_calls += 1
+            if run.policy.needs_signal and call.key == run.lead_key:
+                run.signal.observe_output(x, out)
+        else:
+            run.forecast_calls += 1
+
+    def summary(self) -> dict:
+        run = self.run
+        if run is None:
+            return {"label": self.label, "steps": 0}
+        computed = sorted(s for s, c in run.decisions.items() if c)
+        return {
+            "label": self.label,
+            "policy": run.policy.describe(),
+            "order": self.order,
+            "granularity": self.granularity,
+            "steps": run.clock.num_steps,
+            "computed_steps": computed,
+            "computed_calls": run.computed_calls,
+            "forecast_calls": run.forecast_calls,
+            "cache_bytes": run.cache_bytes(),
+        }
