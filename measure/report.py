@@ -1,0 +1,139 @@
+"""Turns recorded runs into what a person reads: a table, a per-step latency plot, JSON, and image fidelity."""
+from __future__ import annotations
+
+import json
+import statistics
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from .recorder import RunRecord
+
+LPIPS_NOTE = "LPIPS: not computed (its backbone weights are not bundled and are never downloaded)"
+
+
+def run_summary(run: RunRecord) -> dict:
+    per_step = run.step_ms()
+    computed = run.computed_steps()
+    ms = list(per_step.values())
+    summary = {
+        "run": run.index, "cold": run.cold, "device": run.device, "steps": run.steps, "calls": len(run.calls),
+        "sampling_s": round(run.wall_s, 4), "model_ms_total": round(sum(ms), 2),
+        "median_step_ms": round(statistics.median(ms), 3) if ms else None,
+        "peak_memory_mb": None if run.peak_memory_mb is None else round(run.peak_memory_mb, 1),
+        "computed_steps": computed,
+    }
+    if computed is not None:
+        cached = [v for s, v in per_step.items() if s not in computed]
+        done = [v for s, v in per_step.items() if s in computed]
+        summary["computed_fraction"] = round(len(computed) / max(run.steps, 1), 3)
+        summary["median_computed_step_ms"] = round(statistics.median(done), 3) if done else None
+        summary["median_cached_step_ms"] = round(statistics.median(cached), 3) if cached else None
+    return summary
+
+
+def fidelity(image: torch.Tensor, reference: torch.Tensor) -> dict:
+    """PSNR and SSIM (scikit-image) of ``image`` against ``reference`` (ComfyUI IMAGE tensors, BHWC in 0..1)."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    if image.shape != reference.shape:
+        raise ValueError(f"images to compare differ in shape: {tuple(image.shape)} vs {tuple(reference.shape)}; "
+                         "use the same resolution and batch size in both branches")
+    a, b = image.float().cpu().numpy(), reference.float().cpu().numpy()
+    psnr = [peak_signal_noise_ratio(r, x, data_range=1.0) for x, r in zip(a, b)]
+    side = min(a.shape[1:3])
+    win = 7 if side >= 7 else side - (1 - side % 2)
+    ssim = None
+    if win >= 3:
+        ssim = round(float(np.mean([structural_similarity(r, x, data_range=1.0, channel_axis=-1, win_size=win)
+                                    for x, r in zip(a, b)])), 4)
+    return {"psnr_db": round(float(np.mean(psnr)), 3), "ssim": ssim, "lpips": LPIPS_NOTE}
+
+
+def compare(run: RunRecord, reference: RunRecord | None) -> dict:
+    result = {"model": run_summary(run)}
+    if reference is not None:
+        ref = run_summary(reference)
+        result["reference"] = ref
+        result["speedup_sampling"] = round(reference.wall_s / run.wall_s, 3) if run.wall_s else None
+        if ref["model_ms_total"] and result["model"]["model_ms_total"]:
+            result["speedup_model_time"] = round(ref["model_ms_total"] / result["model"]["model_ms_total"], 3)
+    return result
+
+
+def table(label: str, result: dict, reference_label: str | None = None) -> str:
+    """A plain-text report: summary lines, then one row per step."""
+    model, ref = result["model"], result.get("reference")
+    lines = [f"Fastlane benchmark — {label} on {model['device']} ({'cold' if model['cold'] else 'warm'} run {model['run']})"]
+    lines.append(f"sampling {model['sampling_s']:.3f} s, {model['steps']} steps, {model['calls']} model calls, "
+                 f"median step {model['median_step_ms']} ms" + (f", peak {model['peak_memory_mb']} MB" if model["peak_memory_mb"] else ""))
+    if model.get("computed_steps") is not None:
+        lines.append(f"computed {len(model['computed_steps'])}/{model['steps']} steps; median computed step "
+                     f"{model['median_computed_step_ms']} ms, median cached step {model['median_cached_step_ms']} ms")
+    if ref is not None:
+        lines.append(f"reference {reference_label}: sampling {ref['sampling_s']:.3f} s ({'cold' if ref['cold'] else 'warm'}), "
+                     f"median step {ref['median_step_ms']} ms")
+        lines.append(f"speed-up: {result.get('speedup_sampling')}x sampling, {result.get('speedup_model_time')}x model time")
+        if model["cold"] or ref["cold"]:
+            lines.append("note: a cold run includes first-use costs (compilation, loading); queue again for warm figures")
+    if "fidelity" in result:
+        f = result["fidelity"]
+        lines.append(f"fidelity vs reference: PSNR {f['psnr_db']} dB, SSIM {f['ssim']}; {f['lpips']}")
+    lines.append("")
+    lines.append(f"{'step':>4} {'ms':>10} {'how':>8}" + (f" {'ref ms':>10}" if ref else ""))
+    ref_ms = result.get("_reference_step_ms", {})
+    for step, ms in sorted(result["_step_ms"].items()):
+        how = "—" if result["_computed"] is None else ("compute" if step in result["_computed"] else "cache")
+        lines.append(f"{step:>4} {ms:>10.3f} {how:>8}" + (f" {ref_ms.get(step, float('nan')):>10.3f}" if ref else ""))
+    return "\n".join(lines)
+
+
+def report(label: str, run: RunRecord, reference_label: str | None = None, reference: RunRecord | None = None,
+           image: torch.Tensor | None = None, reference_image: torch.Tensor | None = None) -> tuple[str, dict]:
+    """Build the text table and the JSON-ready dict for one run, compared with a reference run if given."""
+    result = compare(run, reference)
+    if image is not None and reference_image is not None:
+        result["fidelity"] = fidelity(image, reference_image)
+    result["label"], result["reference_label"] = label, reference_label
+    result["_step_ms"], result["_computed"] = run.step_ms(), run.computed_steps()
+    if reference is not None:
+        result["_reference_step_ms"] = reference.step_ms()
+    text = table(label, result, reference_label)
+    public = {k: v for k, v in result.items() if not k.startswith("_")}
+    public["runs"] = {"model": run.to_dict(), **({"reference": reference.to_dict()} if reference else {})}
+    return text, public
+
+
+def to_json(result: dict) -> str:
+    return json.dumps(result, indent=1, default=str)
+
+
+def plot(series: dict[str, dict[int, float]], computed: dict[str, list[int] | None], width: int = 640,
+         height: int = 320) -> torch.Tensor:
+    """Per-step latency as a ComfyUI IMAGE (1, H, W, 3): one line per run, cached steps drawn hollow."""
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    left, right, top, bottom = 56, width - 16, 28, height - 32
+    all_ms = [v for s in series.values() for v in s.values()] or [1.0]
+    all_steps = [k for s in series.values() for k in s] or [0]
+    y_max = max(all_ms) * 1.1 or 1.0
+    x_max = max(max(all_steps), 1)
+    draw.rectangle([left, top, right, bottom], outline="black")
+    for frac in (0.0, 0.5, 1.0):
+        y = bottom - frac * (bottom - top)
+        draw.text((4, y - 6), f"{y_max * frac:.1f}", fill="black")
+    draw.text((left, 6), "ms per step (filled: computed, hollow: from cache)", fill="black")
+    draw.text((right - 40, bottom + 8), f"step {x_max}", fill="black")
+    colors = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd"]
+    for i, (name, steps) in enumerate(series.items()):
+        color = colors[i % len(colors)]
+        pts = [(left + s / x_max * (right - left), bottom - v / y_max * (bottom - top)) for s, v in sorted(steps.items())]
+        if len(pts) > 1:
+            draw.line(pts, fill=color, width=2)
+        done = computed.get(name)
+        for (x, y), s in zip(pts, sorted(steps)):
+            hollow = done is not None and s not in done
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], outline=color, fill=None if hollow else color)
+        draw.text((left + 8, top + 6 + 14 * i), name, fill=color)
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]

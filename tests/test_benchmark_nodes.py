@@ -1,0 +1,64 @@
+"""The benchmark and report nodes on real sampling runs in ComfyUI."""
+import json
+
+import nodes
+import pytest
+import torch
+
+from tiny_models import sample, tiny_flux
+
+NODE = nodes.NODE_CLASS_MAPPINGS
+
+
+def bench(model, label):
+    return NODE["FastlaneBenchmark"].execute(model=model, label=label).result[0]
+
+
+def as_image(latent):
+    return ((latent[:, :3].permute(0, 2, 3, 1).clamp(-1, 1) + 1) / 2).float()
+
+
+@pytest.fixture(scope="module")
+def flux():
+    return tiny_flux()
+
+
+def test_records_every_step_with_real_time_and_cache_decisions(flux):
+    cached = NODE["FastlaneFORA"].execute(model=flux, interval=2, granularity="blocks", start=0.0, end=1.0).result[0]
+    base, fast = bench(flux, "baseline"), bench(cached, "fora")
+    ref_latent, latent = sample(base, steps=8, size=64), sample(fast, steps=8, size=64)
+    out = NODE["FastlaneBenchmarkReport"].execute(model=fast, image=as_image(latent), reference_model=base,
+                                                  reference_image=as_image(ref_latent))
+    text, plot, data = out.result
+    result = json.loads(data)
+    run = result["runs"]["model"]
+    assert [c["step"] for c in run["calls"]] == list(range(8))
+    assert all(c["ms"] > 0 for c in run["calls"])
+    assert result["model"]["computed_steps"] == [0, 2, 4, 6]
+    assert result["reference"]["computed_steps"] is None
+    computed = [c["ms"] for c in run["calls"] if c["computed"]]
+    cached_ms = [c["ms"] for c in run["calls"] if not c["computed"]]
+    assert max(cached_ms) < min(computed)  # a cached step really is cheaper
+    assert result["model"]["cold"] and result["model"]["sampling_s"] > 0
+    assert result["fidelity"]["psnr_db"] > 0 and -1 <= result["fidelity"]["ssim"] <= 1
+    assert "speed-up" in text and "cache" in text and "LPIPS: not computed" in text
+    assert plot.shape == (1, 320, 640, 3) and plot.min() < 1.0
+    # a second run of the same MODEL is recorded as warm
+    sample(fast, steps=8, size=64)
+    out = NODE["FastlaneBenchmarkReport"].execute(model=fast, image=as_image(latent))
+    assert json.loads(out.result[2])["model"]["cold"] is False
+
+
+def test_the_benchmark_leaves_the_model_and_its_output_unchanged(flux):
+    reference = sample(flux, steps=5)
+    assert torch.equal(sample(bench(flux, "x"), steps=5), reference)
+    assert "fastlane_recorder" not in flux.model_options.get("transformer_options", {})
+
+
+def test_clear_errors_for_bad_input(flux):
+    with pytest.raises(ValueError, match="needs a MODEL"):
+        NODE["FastlaneBenchmark"].execute(model="not a model", label="x")
+    with pytest.raises(ValueError, match="has no recorded sampling run"):
+        NODE["FastlaneBenchmarkReport"].execute(model=bench(flux, "never"), image=torch.zeros(1, 8, 8, 3))
+    with pytest.raises(ValueError, match="has no Fastlane Benchmark"):
+        NODE["FastlaneBenchmarkReport"].execute(model=flux, image=torch.zeros(1, 8, 8, 3))
