@@ -117,14 +117,15 @@ class StepCache:
         self.granularity = granularity
         self.label = label
         self.run: CacheRun | None = None
-        self.history: list[dict] = []
+        self._sigmas = None
 
     def fresh(self) -> "StepCache":
         return StepCache(self.make_policy, self.order, self.granularity, self.label)
 
     def begin_call(self, x: torch.Tensor, sigma: float, sample_sigmas, key: Hashable, features: tuple[str, ...]) -> Call:
-        if self.run is None or not self.run.clock.matches(sample_sigmas):
+        if self.run is None or (sample_sigmas is not self._sigmas and not self.run.clock.matches(sample_sigmas)):
             self.run = CacheRun(StepClock(sample_sigmas), self.make_policy(), self.order)
+        self._sigmas = sample_sigmas  # the sampler passes the same tensor every call: skip the value comparison
         run = self.run
         step = run.clock.step_index(sigma)
         position = run.clock.position(sigma)

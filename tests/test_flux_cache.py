@@ -33,7 +33,7 @@ def flux():
     return tiny_flux()
 
 
-@pytest.mark.parametrize("granularity", ["blocks", "output"])
+@pytest.mark.parametrize("granularity", ["blocks", "attention_mlp", "output"])
 @pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2s_ancestral"])
 def test_compute_every_step_is_bit_identical_to_no_cache(flux, granularity, sampler):
     reference = sample(flux, steps=6, sampler=sampler, size=32)
@@ -53,15 +53,28 @@ def test_cached_steps_run_no_block(flux):
         counter.calls = 0
         sample(fora(flux, 2, "output"), steps=8)
         assert counter.calls == 4 * counter.blocks
+        counter.calls = 0
+        sample(fora(flux, 2, "attention_mlp"), steps=8)
+        assert counter.calls == 4 * counter.blocks
     finally:
         counter.close()
 
 
-def test_skipping_changes_the_result_but_keeps_it_close(flux):
+@pytest.mark.parametrize("granularity", ["blocks", "attention_mlp", "output"])
+def test_skipping_changes_the_result_but_keeps_it_close(flux, granularity):
     reference = sample(flux, steps=12, size=32)
-    cached = sample(fora(flux, 2), steps=12, size=32)
+    cached = sample(fora(flux, 2, granularity), steps=12, size=32)
     assert not torch.equal(cached, reference)
     assert torch.isfinite(cached).all()
+    assert (cached - reference).abs().mean() < reference.abs().mean()
+
+
+def test_per_block_cache_gates_forecasts_with_the_current_timestep(flux):
+    # attention_mlp recomputes each block's modulation on cached steps: with FORA reuse it differs from
+    # reusing the whole stack's residual, which keeps the gates of the last computed step.
+    stack = sample(fora(flux, 2, "blocks"), steps=8, size=32)
+    per_block = sample(fora(flux, 2, "attention_mlp"), steps=8, size=32)
+    assert not torch.equal(stack, per_block)
 
 
 def test_step_identity_comes_from_sigmas_with_two_calls_per_step(flux):

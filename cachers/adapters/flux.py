@@ -6,6 +6,11 @@ Granularities:
   block minus the concatenated txt/img entering the first double block) is stored; on cached steps every block
   passes its input through and the last adds the forecast residual. The input embeddings and the final layer run
   on every step, so the timestep's modulation of the output stays exact; they cost ~1-2% of a step.
+- ``attention_mlp``: FORA's original granularity. Per block, the attention and MLP outputs are kept *before* their
+  adaLN gates (captured with forward hooks on the block's own ``proj``/``mlp``/``linear2`` modules, registered only
+  for the duration of a computed call); on cached steps each block recomputes its modulation from the current
+  timestep (one row through ``img_mod``/``txt_mod``/``modulation``) and adds gate × forecast. Costs more memory
+  (two tensors per double-block stream, one per single block) and a little more time than ``blocks``.
 - ``output``: forecast the model's whole output; cheapest, and works with anything that feeds the model.
 """
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Callable
 import torch
 
 import comfy.ldm.flux.model
+from comfy.ldm.flux.layers import apply_mod
 
 from ..comfy_hooks import current_call
 from ..session import StepCache
@@ -24,35 +30,40 @@ BlockFn = Callable[[dict], dict]
 
 class FluxAdapter:
     family = "FLUX"
-    granularities = ("blocks", "output")
+    granularities = ("blocks", "attention_mlp", "output")
 
     def supports(self, diffusion_model: torch.nn.Module) -> bool:
         return isinstance(diffusion_model, comfy.ldm.flux.model.Flux)
 
     def features(self, granularity: str) -> tuple[str, ...]:
-        return ("residual",) if granularity == "blocks" else ("out",)
+        return {"blocks": ("residual",), "attention_mlp": ("double0.img_attn",)}.get(granularity, ("out",))
 
     def check_call(self, cache: StepCache, args: tuple, kwargs: dict) -> None:
         control = args[6] if len(args) > 6 else kwargs.get("control")
-        if control is not None and cache.granularity == "blocks":
-            raise ValueError("Fastlane 'blocks' caching cannot follow a ControlNet, which adds to every block's "
+        if control is not None and cache.granularity != "output":
+            raise ValueError(f"Fastlane '{cache.granularity}' caching cannot follow a ControlNet, which adds to every block's "
                              "input; set the cacher's granularity to 'output' for graphs with a ControlNet.")
 
     def install(self, patcher, cache: StepCache) -> None:
-        if cache.granularity != "blocks":
+        if cache.granularity == "output":
             return
         flux = patcher.model.diffusion_model
         n_double, n_single = len(flux.double_blocks), len(flux.single_blocks)
         if n_double == 0 or n_single == 0:
-            raise ValueError("Fastlane 'blocks' caching needs a FLUX model with double and single blocks; "
-                             "use granularity 'output'.")
+            raise ValueError(f"Fastlane '{cache.granularity}' caching needs a FLUX model with double and single "
+                             "blocks; use granularity 'output'.")
         existing = patcher.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
+        per_block = cache.granularity == "attention_mlp"
         for i in range(n_double):
             key = ("double_block", i)
-            patcher.set_model_patch_replace(_double_block_patch(first=i == 0, previous=existing.get(key)), "dit", *key)
+            patch = (_double_attention_mlp_patch(i, flux.double_blocks[i], existing.get(key)) if per_block
+                     else _double_block_patch(first=i == 0, previous=existing.get(key)))
+            patcher.set_model_patch_replace(patch, "dit", *key)
         for i in range(n_single):
             key = ("single_block", i)
-            patcher.set_model_patch_replace(_single_block_patch(last=i == n_single - 1, previous=existing.get(key)), "dit", *key)
+            patch = (_single_attention_mlp_patch(i, flux.single_blocks[i], existing.get(key)) if per_block
+                     else _single_block_patch(last=i == n_single - 1, previous=existing.get(key)))
+            patcher.set_model_patch_replace(patch, "dit", *key)
 
 
 def _runner(previous, extra: dict) -> BlockFn:
@@ -84,5 +95,61 @@ def _single_block_patch(last: bool, previous) -> Callable[[dict, dict], dict]:
         if last:
             return {"img": args["img"] + call.forecast("residual")}
         return {"img": args["img"]}
+
+    return patch
+
+
+def _run_capturing(run: BlockFn, args: dict, modules: dict[str, torch.nn.Module]) -> tuple[dict, dict]:
+    """Run a block with forward hooks that keep the named submodules' outputs, removed again right after."""
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
+             for name, m in modules.items()]
+    try:
+        return run(args), captured
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _double_attention_mlp_patch(index: int, block: torch.nn.Module, previous) -> Callable[[dict, dict], dict]:
+    prefix = f"double{index}."
+    captures = {"img_attn": block.img_attn.proj, "img_mlp": block.img_mlp,
+                "txt_attn": block.txt_attn.proj, "txt_mlp": block.txt_mlp}
+
+    def patch(args: dict, extra: dict) -> dict:
+        call = current_call(args["transformer_options"])
+        if call is None:
+            return _runner(previous, extra)(args)
+        if call.compute:
+            out, captured = _run_capturing(_runner(previous, extra), args, captures)
+            for name, value in captured.items():
+                call.store(prefix + name, value)
+            return out
+        if block.modulation:
+            (img_mod1, img_mod2), (txt_mod1, txt_mod2) = block.img_mod(args["vec"]), block.txt_mod(args["vec"])
+        else:
+            (img_mod1, img_mod2), (txt_mod1, txt_mod2) = args["vec"]
+        img = args["img"] + apply_mod(call.forecast(prefix + "img_attn"), img_mod1.gate)
+        img = img + apply_mod(call.forecast(prefix + "img_mlp"), img_mod2.gate)
+        txt = args["txt"] + apply_mod(call.forecast(prefix + "txt_attn"), txt_mod1.gate)
+        txt = txt + apply_mod(call.forecast(prefix + "txt_mlp"), txt_mod2.gate)
+        return {"img": img, "txt": txt}
+
+    return patch
+
+
+def _single_attention_mlp_patch(index: int, block: torch.nn.Module, previous) -> Callable[[dict, dict], dict]:
+    name = f"single{index}.out"
+
+    def patch(args: dict, extra: dict) -> dict:
+        call = current_call(args["transformer_options"])
+        if call is None:
+            return _runner(previous, extra)(args)
+        if call.compute:
+            out, captured = _run_capturing(_runner(previous, extra), args, {name: block.linear2})
+            call.store(name, captured[name])
+            return out
+        mod = block.modulation(args["vec"])[0] if block.modulation else args["vec"]
+        return {"img": args["img"] + apply_mod(call.forecast(name), mod.gate)}
 
     return patch
