@@ -366,12 +366,25 @@ for _name, _node_id in [("fastlane_fora", "FastlaneFORA"), ("fastlane_taylorseer
                         ("fastlane_adaptive", "FastlaneAdaptiveCache"), ("fastlane_target", "FastlaneTargetSpeedCache")]:
     row(_name, note=f"Fastlane {_node_id} node, defaults")(lambda model, _id=_node_id: node(_id, model))
 
+# FLUX step caching at explicit settings: both granularities of FORA, and the target-speed cacher at two targets.
+for _name, _node_id, _widgets, _note in [
+    ("fora2_blocks", "FastlaneFORA", {"interval": 2, "granularity": "blocks"}, "FORA interval 2, whole-stack residual"),
+    ("fora2_attention_mlp", "FastlaneFORA", {"interval": 2, "granularity": "attention_mlp"},
+     "FORA interval 2, per-block attention/MLP outputs gated at the current timestep"),
+    ("fora2_output", "FastlaneFORA", {"interval": 2, "granularity": "output"}, "FORA interval 2, whole model output"),
+    ("fora3_blocks", "FastlaneFORA", {"interval": 3, "granularity": "blocks"}, "FORA interval 3, whole-stack residual"),
+    ("taylorseer_i3o2_attention_mlp", "FastlaneTaylorSeer", {"granularity": "attention_mlp"},
+     "TaylorSeer interval 3 order 2, per-block features (memory: 3 derivatives per block feature)"),
+    ("target0.3", "FastlaneTargetSpeedCache", {"compute_fraction": 0.3}, "target 0.3 of the steps, order 1, blocks"),
+]:
+    row(_name, families=("flux",), note=_note)(lambda model, _id=_node_id, _w=_widgets: node(_id, model, **_w))
+
 # SDXL step caching: DeepCache (FastlaneDeepCache) and the shared policies on the UNet's deep feature ("auto" = deep).
 for _name, _node_id, _widgets, _note in [
-    ("deepcache", "FastlaneDeepCache", {}, "DeepCache defaults: interval 3, branch 0 (deep UNet on steps 0,3,6,..)"),
-    ("deepcache_i5", "FastlaneDeepCache", {"interval": 5}, "DeepCache interval 5, branch 0"),
-    ("deepcache_b1", "FastlaneDeepCache", {"branch": 1}, "DeepCache interval 3, branch 1 (SDXL: all of level 0 live)"),
-    ("deepcache_b2", "FastlaneDeepCache", {"branch": 2}, "DeepCache interval 3, branch 2 (SDXL: + one level-1 block)"),
+    ("deepcache", "FastlaneDeepCache", {}, "DeepCache defaults: interval 5, branch 0 (deep UNet on steps 0,5,10,..)"),
+    ("deepcache_i3", "FastlaneDeepCache", {"interval": 3}, "DeepCache interval 3, branch 0 (closer to uncached)"),
+    ("deepcache_b1", "FastlaneDeepCache", {"branch": 1}, "DeepCache interval 5, branch 1 (SDXL: all of level 0 live)"),
+    ("deepcache_b2", "FastlaneDeepCache", {"branch": 2}, "DeepCache interval 5, branch 2 (SDXL: + one level-1 block)"),
     ("fora2_sdxl", "FastlaneFORA", {"interval": 2}, "FORA interval 2 on the deep feature (granularity auto = deep)"),
     ("fora3_output_sdxl", "FastlaneFORA", {"interval": 3, "granularity": "output"},
      "FORA interval 3 on the whole UNet output"),
