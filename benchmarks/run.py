@@ -379,6 +379,53 @@ for _name, _node_id, _widgets, _note in [
 ]:
     row(_name, families=("flux",), note=_note)(lambda model, _id=_node_id, _w=_widgets: node(_id, model, **_w))
 
+# Fastlane compile / quantize / QKV fusion (nodes/compile_nodes.py, quantize_nodes.py, fusion_nodes.py). The compile
+# rows log "Fastlane compile [...]: compiled N graph(s) in S s" (the cold start) per run; quantize rows log the weight
+# memory before/after. fp8 rows need sm89+ (H100: yes) and raise a clear error elsewhere.
+def _compiled(model, **widgets):
+    return node("FastlaneCompile", model, **widgets)
+
+
+def _quantized(model, scheme):
+    return node("FastlaneQuantize", model, scheme=scheme)
+
+
+for _name, _families, _heavy, _make, _note in [
+    ("compile_regional", ("flux", "sdxl"), True, lambda m: _compiled(m),
+     "Fastlane Compile, regional (each block kind compiled once), inductor default, dynamic auto"),
+    ("compile_whole", ("flux", "sdxl"), True, lambda m: _compiled(m, scope="whole"),
+     "Fastlane Compile, whole diffusion model in one graph, inductor default, dynamic auto"),
+    ("compile_regional_autotune", ("flux", "sdxl"), True,
+     lambda m: _compiled(m, mode="max-autotune-no-cudagraphs"),
+     "Fastlane Compile, regional, inductor max-autotune-no-cudagraphs (long cold start)"),
+    ("compile_regional+fora2", ("flux", "sdxl"), True, lambda m: _compiled(node("FastlaneFORA", m, interval=2)),
+     "FORA interval 2 (granularity auto: FLUX blocks, SDXL deep) then Fastlane Compile regional"),
+    ("fora2+compile_regional", ("flux", "sdxl"), True, lambda m: node("FastlaneFORA", _compiled(m), interval=2),
+     "Fastlane Compile regional then FORA interval 2 (the other node order)"),
+    ("compile_regional+target0.4", ("flux", "sdxl"), True,
+     lambda m: _compiled(node("FastlaneTargetSpeedCache", m, compute_fraction=0.4)),
+     "target-speed cache 0.4 then Fastlane Compile regional"),
+    ("int8wo", ("flux", "sdxl"), False, lambda m: _quantized(m, "int8_weight_only"),
+     "Fastlane Quantize int8 weight-only (torchao), eager"),
+    ("int8wo+compile_regional", ("flux", "sdxl"), True, lambda m: _compiled(_quantized(m, "int8_weight_only")),
+     "int8 weight-only then Fastlane Compile regional"),
+    ("int8dyn+compile_regional", ("flux", "sdxl"), True, lambda m: _compiled(_quantized(m, "int8_dynamic")),
+     "int8 dynamic activations + int8 weights, then Fastlane Compile regional (few-row Linears stay 16-bit)"),
+    ("fp8_rowwise", ("flux", "sdxl"), False, lambda m: _quantized(m, "fp8_dynamic_rowwise"),
+     "Fastlane Quantize fp8 dynamic per-row (torchao), eager"),
+    ("fp8_rowwise+compile_regional", ("flux", "sdxl"), True,
+     lambda m: _compiled(_quantized(m, "fp8_dynamic_rowwise")),
+     "fp8 dynamic per-row then Fastlane Compile regional"),
+    ("fp8_rowwise+compile_regional+fora2", ("flux",), True,
+     lambda m: _compiled(node("FastlaneFORA", _quantized(m, "fp8_dynamic_rowwise"), interval=2)),
+     "fp8 per-row, FORA interval 2, Fastlane Compile regional: everything stacked"),
+    ("qkv_fused", ("sdxl",), False, lambda m: node("FastlaneQKVFusion", m),
+     "Fastlane QKV Fusion (self-attn q/k/v, cross-attn k/v as one matmul), eager"),
+    ("qkv_fused+compile_regional", ("sdxl",), True, lambda m: _compiled(node("FastlaneQKVFusion", m)),
+     "Fastlane QKV Fusion then Fastlane Compile regional"),
+]:
+    row(_name, families=_families, note=_note, heavy=_heavy)(_make)
+
 # SDXL step caching: DeepCache (FastlaneDeepCache) and the shared policies on the UNet's deep feature ("auto" = deep).
 for _name, _node_id, _widgets, _note in [
     ("deepcache", "FastlaneDeepCache", {}, "DeepCache defaults: interval 5, branch 0 (deep UNet on steps 0,5,10,..)"),

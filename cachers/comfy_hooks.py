@@ -3,7 +3,9 @@
 - OUTER_SAMPLE: each sampling run starts from a fresh StepCache (EasyCache's pattern), so a second queue run,
   another KSampler on the same MODEL, or a refiner stage never sees the previous run's features.
 - DIFFUSION_MODEL: per call, find the step from the sigmas, let the policy decide, and either run the model
-  (adapters capture features through their own patches) or serve the call from the cache.
+  (adapters capture features through their own patches) or serve the call from the cache. An adapter with a
+  ``run_call(cache, call, executor, args, kwargs)`` method runs the call itself (SDXL's DeepCache runs only the
+  shallow UNet blocks on cached calls); without one the executor runs and the adapter's patches do the work.
 """
 from __future__ import annotations
 
@@ -53,8 +55,9 @@ def make_diffusion_model_wrapper(adapter):
             out = call.forecast("out")
         else:
             options["fastlane_call"] = call
+            run_call = getattr(adapter, "run_call", None)  # adapters that serve cached calls with part of the model
             try:
-                out = executor(*args, **kwargs)
+                out = executor(*args, **kwargs) if run_call is None else run_call(cache, call, executor, args, kwargs)
             finally:
                 options.pop("fastlane_call", None)
             if call.compute and cache.granularity == "output":

@@ -62,3 +62,47 @@ class BlockCounter:
     def close(self) -> None:
         for h in self.handles:
             h.remove()
+
+
+# SDXL's layout (comfy/model_detection.py "SDXL": 3 levels, 2 res blocks each, transformers on levels 1 and 2, so 9
+# input and 9 output blocks with the same skip wiring), shrunk: 32/64/128 channels, one transformer layer per block.
+SDXL_POOLED_DIM = 32
+SDXL_CONFIG = dict(
+    use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
+    num_classes="sequential", adm_in_channels=SDXL_POOLED_DIM + 6 * 256, in_channels=4, model_channels=32,
+    num_res_blocks=[2, 2, 2], transformer_depth=[0, 0, 1, 1, 1, 1], channel_mult=[1, 2, 4], transformer_depth_middle=1,
+    use_linear_in_transformer=True, context_dim=32, transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1],
+    use_temporal_attention=False, use_temporal_resblock=False,
+)
+# The refiner's layout (4 levels, transformers on the middle two, pooled + 5 size/aesthetic embeddings), shrunk.
+SDXL_REFINER_CONFIG = dict(
+    SDXL_CONFIG, adm_in_channels=SDXL_POOLED_DIM + 5 * 256, channel_mult=[1, 2, 2, 2], num_res_blocks=[1, 1, 1, 1],
+    transformer_depth=[0, 1, 1, 0], transformer_depth_middle=1, transformer_depth_output=[0, 0, 1, 1, 1, 1, 0, 0],
+)
+
+
+def tiny_sdxl(seed: int = 0, refiner: bool = False, **overrides):
+    """A real ModelPatcher around ComfyUI's real SDXL UNet (``model_base.SDXL``/``UNetModel``; with ``refiner``, the
+    SDXL refiner's classes), a few million parameters, random weights. Latents: 4 channels, sides a multiple of 4."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    cls = comfy.supported_models.SDXLRefiner if refiner else comfy.supported_models.SDXL
+    config = cls({**(SDXL_REFINER_CONFIG if refiner else SDXL_CONFIG), **overrides})
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.diffusion_model.parameters():
+            p.normal_(0.0, 0.05)
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+
+
+def sdxl_conditioning(seed: int = 0, tokens: int = 8, batch: int = 1, size: int = 64):
+    """What CLIPTextEncodeSDXL gives: context, pooled output and the size/crop entries of the ADM vector."""
+    g = torch.Generator().manual_seed(seed)
+    context = torch.randn(batch, tokens, SDXL_CONFIG["context_dim"], generator=g)
+    pooled = torch.randn(batch, SDXL_POOLED_DIM, generator=g)
+    return [[context, {"pooled_output": pooled, "width": size, "height": size, "crop_w": 0, "crop_h": 0,
+                       "target_width": size, "target_height": size}]]
