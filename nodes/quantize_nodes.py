@@ -1,0 +1,52 @@
+"""The torchao quantization node: MODEL in, a clone with quantized Linear copies out. Mechanism: quantizers/."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..quantizers import filters, patching, schemes
+
+CATEGORY = "fastlane/speed"
+
+
+class FastlaneQuantize(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FastlaneQuantize",
+            display_name="Fastlane Quantize (torchao)",
+            category=CATEGORY,
+            description="Quantize the diffusion model's Linear layers with torchao. The input MODEL is unchanged "
+                        "(this MODEL carries quantized copies, swapped in while it runs). Put LoRA loaders before "
+                        "this node (their LoRA is baked in first); follow it with Fastlane Compile for speed - "
+                        "without compiling, the dynamic schemes are usually slower than 16-bit. Linears that run "
+                        "on one row per image (modulation, embedders) always stay in 16-bit.",
+            inputs=[
+                io.Model.Input("model", tooltip="The MODEL to quantize (FLUX, SDXL, or any model with Linears)."),
+                io.Combo.Input("scheme", options=list(schemes.SCHEMES), default="int8_weight_only",
+                               tooltip="; ".join(f"{s.name}: {s.description}" for s in schemes.SCHEMES.values())),
+                io.Combo.Input("filter", options=list(filters.PRESETS), default="none",
+                               tooltip="Which Linears stay in 16-bit besides the few-row ones. none: quantize all "
+                                       "others. norm+embedding: also keep norm/embedding layers and the input/output "
+                                       "projections. regex: also keep names matching the regex below."),
+                io.String.Input("regex", default="", optional=True,
+                                tooltip="With filter 'regex': Linears whose name inside the diffusion model matches "
+                                        "(re.search) stay in 16-bit, e.g. 'single_blocks\\.(3[0-7])\\.' or "
+                                        "'img_in|final_layer'."),
+            ],
+            outputs=[
+                io.Model.Output(tooltip="The quantized model (the input MODEL is unchanged)."),
+                io.String.Output(display_name="report", tooltip="What was quantized and the weight memory before "
+                                                                  "and after."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, scheme: str, filter: str, regex: str = "") -> io.NodeOutput:
+        if not hasattr(model, "clone") or not hasattr(model, "get_model_object"):
+            raise ValueError(f"Fastlane Quantize needs a MODEL (a ComfyUI ModelPatcher), got {type(model).__name__}")
+        patched, report = patching.quantize(model, scheme, filter, regex or "")
+        text = report.text()
+        return io.NodeOutput(patched, text, ui={"text": [text]})
+
+
+NODES = [FastlaneQuantize]

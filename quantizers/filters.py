@@ -1,0 +1,74 @@
+"""Which Linears of a diffusion model get quantized.
+
+Always kept in high precision, whatever the preset: Linears that run on a handful of rows (one per image: the
+timestep/guidance/pooled-text embedders and every modulation/adaLN projection of ``vec``). They hold little compute,
+and the activation-quantized kernels fail or crawl on so few rows (int8 ``_int_mm`` needs more than 16).
+
+Presets on top of that:
+- ``none``: quantize every other Linear;
+- ``norm+embedding``: also keep Linears named like a norm or an embedding, and the model's entry and exit
+  projections (FLUX ``img_in``/``txt_in``/``final_layer``); the usual "sensitive layers" recipe;
+- ``regex``: also keep every Linear whose qualified name (inside the diffusion model) matches the regex.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+PRESETS = ("none", "norm+embedding", "regex")
+
+# Names (inside diffusion_model) of Linears that see one row per image, by family, plus generic spellings.
+FEW_ROWS = re.compile("|".join([
+    r"(^|\.)(img_mod|txt_mod|modulation)\.lin$",                 # FLUX blocks: Modulation.lin on vec
+    r"^(double_stream_modulation_img|double_stream_modulation_txt|single_stream_modulation)\.lin$",  # global mod.
+    r"^(time_in|vector_in|guidance_in)\.",                        # FLUX embedders of t, pooled text, guidance
+    r"^final_layer\.adaLN_modulation\.",                          # FLUX final layer's adaLN
+    r"^time_embed\.", r"^label_emb\.", r"\.emb_layers\.",         # UNet: timestep / ADM embedders, ResBlock emb
+    r"(^|\.)(adaLN_modulation|t_embedder|y_embedder|time_text_embed|time_embedding)(\.|$)",  # DiT-style names
+]))
+NORM_OR_EMBEDDING = re.compile(r"norm|emb|(^|\.)(img_in|txt_in|final_layer)(\.|$)")
+
+
+@dataclass
+class Selection:
+    targets: list[str] = field(default_factory=list)
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> names
+
+    def skip(self, reason: str, name: str) -> None:
+        self.skipped.setdefault(reason, []).append(name)
+
+    def summary(self) -> str:
+        parts = [f"{len(self.targets)} Linears quantized"]
+        parts += [f"{len(names)} kept ({reason})" for reason, names in self.skipped.items()]
+        return ", ".join(parts)
+
+
+def select(diffusion_model: torch.nn.Module, preset: str = "none", regex: str = "", fp8: bool = False) -> Selection:
+    if preset not in PRESETS:
+        raise ValueError(f"filter must be one of {PRESETS}, not '{preset}'")
+    pattern = None
+    if preset == "regex":
+        if not regex.strip():
+            raise ValueError("filter 'regex' needs a regex (matched against Linear names such as "
+                             "'double_blocks.0.img_attn.qkv'); or choose filter 'none'")
+        try:
+            pattern = re.compile(regex)
+        except re.error as e:
+            raise ValueError(f"bad filter regex {regex!r}: {e}") from None
+    selection = Selection()
+    for name, module in diffusion_model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        if FEW_ROWS.search(name):
+            selection.skip("runs on a few rows: modulation/embedders", name)
+        elif preset == "norm+embedding" and NORM_OR_EMBEDDING.search(name):
+            selection.skip("norm/embedding/entry-exit preset", name)
+        elif pattern is not None and pattern.search(name):
+            selection.skip(f"regex {regex!r}", name)
+        elif fp8 and (module.in_features % 16 or module.out_features % 16):
+            selection.skip("fp8 matmul needs sizes divisible by 16", name)
+        else:
+            selection.targets.append(name)
+    return selection

@@ -1,0 +1,156 @@
+"""Quantized copies of a MODEL's Linears, installed as ComfyUI object patches on a clone.
+
+ComfyUI's clones share one torch model, so quantizing it in place would change every branch of the graph. Instead,
+each selected Linear gets a quantized *copy* (weights + LoRA patches already on the clone baked in first, as
+ComfyUI itself would at load time), and the clone carries ``add_object_patch("diffusion_model.<name>", copy)``.
+ComfyUI swaps the copies in when it loads this clone and swaps the originals back when it unloads it, so the
+received MODEL is unchanged. Memory: the quantized copies come on top of the original weights, which stay where
+ComfyUI keeps them (RAM when offloaded) - in VRAM only the copies are loaded while this clone runs.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from . import filters, schemes
+
+KEY = "fastlane_quantize"
+log = logging.getLogger("fastlane")
+
+
+class QuantizedLinear(torch.nn.Linear):
+    """A Linear holding torchao-quantized weights. ComfyUI's lowvram casting cannot copy torchao tensors, so this is
+    a plain torch module (never cast by ComfyUI); if ComfyUI leaves it offloaded, it moves its weights per call."""
+
+    fastlane_scheme = ""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        if weight.device != x.device:
+            weight = weight.to(x.device, non_blocking=True)
+            bias = bias.to(x.device, non_blocking=True) if bias is not None else None
+        return torch.nn.functional.linear(x, weight, bias)
+
+
+def tensor_bytes(t: torch.Tensor | None) -> int:
+    """Storage of a tensor, looking inside tensor subclasses (torchao keeps int8/fp8 data plus scales)."""
+    if t is None:
+        return 0
+    if hasattr(t, "__tensor_flatten__") and type(t) not in (torch.Tensor, torch.nn.Parameter):
+        names, _ = t.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(t, n)) for n in names)
+    return t.numel() * t.element_size()
+
+
+@dataclass
+class Report:
+    scheme: str
+    selection: filters.Selection
+    linear_bytes_before: int
+    linear_bytes_after: int
+    model_bytes_before: int
+    baked_patch_keys: int
+
+    def text(self) -> str:
+        mb = 2 ** 20
+        total_after = self.model_bytes_before - self.linear_bytes_before + self.linear_bytes_after
+        return (f"Fastlane Quantize {self.scheme}: {self.selection.summary()}. Quantized Linear weights "
+                f"{self.linear_bytes_before / mb:.1f} MB -> {self.linear_bytes_after / mb:.1f} MB; model "
+                f"weights {self.model_bytes_before / mb:.1f} MB -> {total_after / mb:.1f} MB while this MODEL is "
+                f"loaded. {self.baked_patch_keys} LoRA/weight patches baked in before quantizing. (The received "
+                f"MODEL keeps its own {self.linear_bytes_before / mb:.1f} MB of originals, offloaded by ComfyUI "
+                f"while this one runs.)")
+
+
+def _original(model, key: str, live: torch.Tensor) -> torch.Tensor:
+    """The unpatched weight: if another clone's patches are applied to the shared torch model right now, ComfyUI
+    keeps the original in the (shared) backup."""
+    backup = model.backup.get(key)
+    return backup.weight if backup is not None else live
+
+
+def _patched(model, key: str, weight: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    import comfy.float
+    import comfy.lora
+    import comfy.model_patcher
+
+    w = weight.to(device=device, dtype=torch.float32, copy=True)
+    patches = model.patches.get(key)
+    if not patches:
+        return w.to(dtype)
+    w = comfy.lora.calculate_weight(patches, w, key)
+    return comfy.float.stochastic_rounding(w, dtype, seed=comfy.model_patcher.string_to_seed(key))
+
+
+def _compute_dtype(model) -> torch.dtype:
+    base = model.model
+    dtype = getattr(base, "manual_cast_dtype", None) or base.get_dtype()
+    return dtype if dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.bfloat16
+
+
+def quantized_paths(model) -> set[str]:
+    return {k for k, v in model.object_patches.items() if isinstance(v, QuantizedLinear)}
+
+
+def quantize(model, scheme_name: str, preset: str = "none", regex: str = ""):
+    """A clone of ``model`` whose selected Linears are quantized copies; returns (clone, Report)."""
+    from torchao.quantization import quantize_
+
+    scheme = schemes.get(scheme_name, model.load_device)
+    if quantized_paths(model):
+        raise ValueError("this MODEL already went through Fastlane Quantize; quantize the original MODEL once")
+    dm = model.get_model_object("diffusion_model")
+    selection = filters.select(dm, preset, regex, fp8=scheme.fp8)
+    if not selection.targets:
+        raise ValueError(f"no Linear left to quantize ({selection.summary()}); loosen the filter")
+    dtype = _compute_dtype(model)
+    work_device = model.load_device
+    patched = model.clone()
+    linear_before = linear_after = baked = 0
+    for name in selection.targets:
+        path = f"diffusion_model.{name}"
+        original = model.get_model_object(path)
+        q = QuantizedLinear(original.in_features, original.out_features, bias=original.bias is not None,
+                            device="meta")
+        for param in ("weight", "bias"):
+            live = getattr(original, param)
+            if live is None:
+                continue
+            key = f"{path}.{param}"
+            source = _original(model, key, live)
+            linear_before += tensor_bytes(source)
+            baked += key in model.patches
+            value = _patched(model, key, source, dtype, work_device)
+            setattr(q, param, torch.nn.Parameter(value, requires_grad=False))
+            patched.patches.pop(key, None)  # baked into the copy: ComfyUI must not apply it again
+        quantize_(q, scheme.config())
+        q.fastlane_scheme = scheme.name
+        q.to(model.offload_device)
+        linear_after += tensor_bytes(q.weight) + tensor_bytes(q.bias)
+        patched.add_object_patch(path, q)
+    patched.add_wrapper_with_key(_outer_sample(), KEY, _refuse_later_patches(set(selection.targets)))
+    report = Report(scheme.name, selection, linear_before, linear_after, model.model_size(), baked)
+    log.info(report.text())
+    return patched, report
+
+
+def _outer_sample():
+    from comfy.patcher_extension import WrappersMP
+
+    return WrappersMP.OUTER_SAMPLE
+
+
+def _refuse_later_patches(quantized: set[str]):
+    def outer_sample_wrapper(executor, *args, **kwargs):
+        patcher = executor.class_obj.model_patcher
+        late = sorted(k for k in patcher.patches
+                      if k.startswith("diffusion_model.") and k[len("diffusion_model."):].rsplit(".", 1)[0] in quantized)
+        if late:
+            raise ValueError(f"a LoRA (or other weight patch) was applied after Fastlane Quantize to {len(late)} "
+                             f"quantized weights (e.g. {late[0]}); quantized weights cannot take patches. Put the "
+                             "LoRA loader before Fastlane Quantize: its LoRA is then baked in before quantizing.")
+        return executor(*args, **kwargs)
+
+    return outer_sample_wrapper

@@ -1,0 +1,82 @@
+"""The quantization schemes: one object per scheme, mapping to ``torchao.quantization.quantize_(module, Config())``.
+
+``needs_rows``: activation-quantizing schemes run an int8/fp8 matmul on the activations, which torch's kernels
+refuse (int8 ``_int_mm``: more than 16 rows) or handle badly for a handful of rows; the filter always keeps such
+Linears (FLUX modulation on ``vec``, timestep/guidance/vector embedders, adaLN of the final layer) in high precision.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str
+    description: str
+    make_config: Callable[[], object]
+    fp8: bool  # needs fp8 hardware (NVIDIA compute capability 8.9+: Ada, Hopper, Blackwell)
+    quantizes_activations: bool
+
+    def config(self):
+        return self.make_config()
+
+
+def _int8_dynamic():
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+
+    return Int8DynamicActivationInt8WeightConfig()
+
+
+def _fp8_dynamic_rowwise():
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+
+    return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+
+
+def _int8_weight_only():
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    return Int8WeightOnlyConfig()
+
+
+def _fp8_weight_only():
+    from torchao.quantization import Float8WeightOnlyConfig
+
+    return Float8WeightOnlyConfig()
+
+
+SCHEMES: dict[str, Scheme] = {s.name: s for s in [
+    Scheme("int8_dynamic", "int8 weights (per row) and int8 activations quantized per token at run time: int8 "
+           "tensor-core matmuls; best with Fastlane Compile", _int8_dynamic, fp8=False, quantizes_activations=True),
+    Scheme("fp8_dynamic_rowwise", "fp8 e4m3 weights and activations, one scale per row/token: fp8 tensor-core "
+           "matmuls (sm89+); best with Fastlane Compile", _fp8_dynamic_rowwise, fp8=True, quantizes_activations=True),
+    Scheme("int8_weight_only", "int8 weights (per row), matmuls in the model's dtype: halves linear-weight memory "
+           "(vs 16-bit); speed-up only where weight reading dominates", _int8_weight_only, fp8=False,
+           quantizes_activations=False),
+    Scheme("fp8_weight_only", "fp8 e4m3 weights, matmuls in the model's dtype (sm89+): halves linear-weight memory",
+           _fp8_weight_only, fp8=True, quantizes_activations=False),
+]}
+
+
+def fp8_supported(device: torch.device) -> bool:
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def get(name: str, device: torch.device) -> Scheme:
+    """The scheme called ``name``, checked against the device the model runs on (clear error if it can't run)."""
+    scheme = SCHEMES.get(name)
+    if scheme is None:
+        raise ValueError(f"unknown quantization scheme '{name}'; choose one of {', '.join(SCHEMES)}")
+    if scheme.fp8 and not fp8_supported(device):
+        device = torch.device(device)
+        where = device.type if device.type != "cuda" else \
+            f"{torch.cuda.get_device_name(device)} (compute capability {'.'.join(map(str, torch.cuda.get_device_capability(device)))})"
+        raise ValueError(f"'{name}' needs fp8 matmul hardware (NVIDIA compute capability 8.9+: Ada, Hopper, "
+                         f"Blackwell); this model runs on {where}. Use 'int8_weight_only' or 'int8_dynamic' there.")
+    return scheme

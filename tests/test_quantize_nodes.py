@@ -1,0 +1,150 @@
+"""Fastlane Quantize (torchao) on small real ComfyUI models, sampled in ComfyUI's loop on the CPU (int8 schemes)."""
+import re
+
+import nodes
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from tiny_models import sample, sdxl_conditioning, tiny_flux, tiny_sdxl
+
+NODE = nodes.NODE_CLASS_MAPPINGS
+KEY = "diffusion_model.double_blocks.0.img_attn.qkv.weight"
+BUMP = {}
+
+
+def quantized(model, scheme="int8_weight_only", filter="none", regex=""):
+    out = NODE["FastlaneQuantize"].execute(model=model, scheme=scheme, filter=filter, regex=regex)
+    return out.result[0], out.result[1]
+
+
+def rel_err(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def lora(model, strength=1.0):
+    patched = model.clone()
+    patched.add_patches({KEY: ("diff", (BUMP["diff"],))}, strength)
+    return patched
+
+
+def quantized_names(model):
+    from fastlane.quantizers.patching import quantized_paths
+
+    return {p[len("diffusion_model."):] for p in quantized_paths(model)}
+
+
+@pytest.fixture(scope="module")
+def flux():
+    model = tiny_flux()
+    BUMP["diff"] = torch.full_like(model.model.state_dict()[KEY], 0.05)
+    return model
+
+
+@pytest.mark.parametrize("scheme", ["int8_weight_only", "int8_dynamic"])
+def test_int8_schemes_run_close_to_16_bit_and_report_memory(flux, scheme):
+    reference = sample(flux, steps=6)
+    model, report = quantized(flux, scheme)
+    out = sample(model, steps=6)
+    assert torch.isfinite(out).all()
+    assert 0 < rel_err(out, reference) < 0.05
+    assert report.startswith(f"Fastlane Quantize {scheme}")
+    before, after = map(float, re.search(r"Linear weights ([\d.]+) MB -> ([\d.]+) MB", report).groups())
+    assert 0 < after < 0.3 * before  # int8 + per-row scales vs the fp32 weights of the tiny model
+    total_before, total_after = map(float, re.search(r"model weights ([\d.]+) MB -> ([\d.]+) MB", report).groups())
+    assert total_after < total_before
+
+
+def test_the_received_model_is_unchanged(flux):
+    before = sample(flux, steps=5)
+    types_before = [type(m) for m in flux.model.diffusion_model.modules()]
+    model, _ = quantized(flux, "int8_dynamic")
+    sample(model, steps=5)
+    assert flux.object_patches == {} and not flux.patches
+    assert torch.equal(sample(flux, steps=5), before)
+    # ComfyUI swapped the quantized copies out when it loaded the received MODEL again
+    assert [type(m) for m in flux.model.diffusion_model.modules()] == types_before
+
+
+def test_few_row_linears_always_stay_16_bit(flux):
+    model, report = quantized(flux, "int8_dynamic")
+    names = quantized_names(model)
+    few_rows = ["double_blocks.0.img_mod.lin", "double_blocks.1.txt_mod.lin", "single_blocks.0.modulation.lin",
+                "time_in.in_layer", "vector_in.out_layer", "guidance_in.in_layer", "final_layer.adaLN_modulation.1"]
+    assert not names & set(few_rows)
+    assert {"double_blocks.0.img_attn.qkv", "single_blocks.1.linear1", "img_in", "final_layer.linear"} <= names
+    assert "kept (runs on a few rows" in report
+
+
+def test_norm_embedding_preset_and_regex(flux):
+    model, _ = quantized(flux, filter="norm+embedding")
+    names = quantized_names(model)
+    assert not names & {"img_in", "txt_in", "final_layer.linear"}
+    assert "double_blocks.0.img_mlp.0" in names
+    model, report = quantized(flux, filter="regex", regex=r"^single_blocks\.1\.|_mlp\.2$")
+    names = quantized_names(model)
+    assert not any(n.startswith("single_blocks.1.") or n.endswith("_mlp.2") for n in names)
+    assert "single_blocks.0.linear1" in names and "regex" in report
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(scheme="fp8_dynamic_rowwise"), r"needs fp8 matmul hardware.*Use 'int8_weight_only' or 'int8_dynamic'"),
+    (dict(scheme="fp8_weight_only"), r"compute capability 8.9"),
+    (dict(filter="regex", regex=""), "needs a regex"),
+    (dict(filter="regex", regex="("), "bad filter regex"),
+    (dict(filter="regex", regex="."), "no Linear left to quantize"),
+])
+def test_clear_errors(flux, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        quantized(flux, **kwargs)
+
+
+def test_lora_before_quantizing_is_baked_in(flux):
+    plain_q, _ = quantized(flux)
+    reference = sample(lora(flux, 8.0), steps=5)
+    model, report = quantized(lora(flux, 8.0))
+    with_lora = rel_err(sample(model, steps=5), reference)
+    without_lora = rel_err(sample(plain_q, steps=5), reference)
+    assert without_lora > 0.05  # the patch matters
+    assert with_lora < 0.3 * without_lora  # and the quantized copy carries it (up to quantization error)
+    assert "1 LoRA/weight patches baked in" in report
+    assert KEY not in model.patches  # ComfyUI must not apply it a second time
+
+
+def test_lora_after_quantizing_is_refused_clearly(flux):
+    model, _ = quantized(flux)
+    with pytest.raises(ValueError, match="Put the LoRA loader before Fastlane Quantize"):
+        sample(lora(model), steps=3)
+    sample(model, steps=3)  # the quantized MODEL itself still works
+
+
+def test_quantizing_twice_is_refused(flux):
+    model, _ = quantized(flux)
+    with pytest.raises(ValueError, match="already went through Fastlane Quantize"):
+        quantized(model)
+
+
+def test_quantized_then_compiled_regionally(flux):
+    torch._dynamo.reset()
+    counters.clear()
+    model, _ = quantized(flux, "int8_dynamic")
+    eager = sample(model, steps=4)
+    compiled = NODE["FastlaneCompile"].execute(model=model, scope="regional", backend="eager", mode="default",
+                                               dynamic="auto", fullgraph=True).result[0]
+    # compiled calls use SDPA attention (eager CPU: ComfyUI's sub-quadratic one); int8 activation rounding
+    # amplifies that ~1e-6 difference a little
+    assert rel_err(sample(compiled, steps=4), eager) < 0.02
+    assert counters["stats"]["unique_graphs"] == 2 and not counters["graph_break"]
+    torch._dynamo.reset()
+
+
+def test_sdxl_int8_weight_only():
+    unet = tiny_sdxl()
+    kw = dict(steps=4, cfg=2.0, latent=torch.zeros(1, 4, 8, 8), positive=sdxl_conditioning(1),
+              negative=sdxl_conditioning(2))
+    reference = sample(unet, **kw)
+    model, report = quantized(unet)
+    assert rel_err(sample(model, **kw), reference) < 0.05
+    names = quantized_names(model)
+    assert not any(n.startswith(("time_embed.", "label_emb.")) or ".emb_layers." in n for n in names)
+    assert any(n.endswith("attn1.to_q") for n in names)
