@@ -1,1 +1,138 @@
-NODES = []
+"""Nodes for the embedded demo model: a tiny trained FLUX-class model, its class "prompts" and its patch codec "VAE".
+
+With them a whole graph (loader -> prompt -> EmptySD3LatentImage -> KSampler -> decode) runs on any CPU in seconds,
+which is what Fastlane's tests, examples and fidelity measurements use when no real checkpoint is around.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from comfy_api.latest import io
+
+from ..demo import codec, model
+
+CATEGORY = "fastlane/demo"
+
+
+@dataclass(frozen=True)
+class DemoFamily:
+    """One demo model family: how to load it, prompt it, and move between pixels and its latents."""
+
+    load: Callable[[], object]
+    class_names: Callable[[], list[str]]
+    conditioning: Callable[[str], list]
+    encode: Callable[[torch.Tensor], torch.Tensor]
+    decode: Callable[[torch.Tensor], torch.Tensor]
+
+
+#: family name -> its demo model. Add an entry (e.g. "sdxl") and every node below offers it.
+FAMILIES: dict[str, DemoFamily] = {
+    "flux": DemoFamily(
+        load=model.load_demo_patcher,
+        class_names=lambda: model.class_names(include_unconditional=True),
+        conditioning=model.conditioning,
+        encode=codec.encode,
+        decode=codec.decode,
+    ),
+}
+
+
+def _family_input() -> io.Combo.Input:
+    return io.Combo.Input("family", options=list(FAMILIES), default="flux",
+                          tooltip="Which demo model: 'flux' is a small FLUX.1-dev-class transformer "
+                                  "(16-channel latents, 128x128 images).")
+
+
+def _subjects() -> list[str]:
+    names: list[str] = []
+    for family in FAMILIES.values():
+        names += [n for n in family.class_names() if n not in names]
+    return names
+
+
+class FastlaneDemoModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FastlaneDemoModelLoader",
+            display_name="Fastlane Demo Model Loader",
+            category=CATEGORY,
+            description="Loads Fastlane's embedded demo model: a small FLUX-class model (ComfyUI's own Flux classes) "
+                        "trained on a few sample images, so whole graphs run on a CPU without downloading weights.",
+            inputs=[_family_input()],
+            outputs=[io.Model.Output(tooltip="The demo diffusion model, ready for KSampler or the Fastlane nodes.")],
+        )
+
+    @classmethod
+    def execute(cls, family: str) -> io.NodeOutput:
+        return io.NodeOutput(FAMILIES[family].load())
+
+
+class FastlaneDemoPrompt(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        subjects = _subjects()
+        return io.Schema(
+            node_id="FastlaneDemoPrompt",
+            display_name="Fastlane Demo Prompt",
+            category=CATEGORY,
+            description="The demo model's 'text encoder': conditioning for one of the images it was trained on. "
+                        "'none' is its unconditional prediction (a negative for cfg > 1).",
+            inputs=[
+                _family_input(),
+                io.Combo.Input("subject", options=subjects, default=subjects[0],
+                               tooltip="What to draw: each subject is one training image."),
+            ],
+            outputs=[io.Conditioning.Output(tooltip="Conditioning for the demo model (FLUX guidance 3.5 embedded; "
+                                                    "FluxGuidance can change it).")],
+        )
+
+    @classmethod
+    def execute(cls, family: str, subject: str) -> io.NodeOutput:
+        return io.NodeOutput(FAMILIES[family].conditioning(subject))
+
+
+class FastlaneDemoDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FastlaneDemoDecode",
+            display_name="Fastlane Demo Decode",
+            category=CATEGORY,
+            description="Decodes demo-model latents to an image with the demo's patch codec (its stand-in VAE).",
+            inputs=[
+                _family_input(),
+                io.Latent.Input("samples", tooltip="Latents sampled with the demo model."),
+            ],
+            outputs=[io.Image.Output(tooltip="The decoded image (8 pixels per latent cell).")],
+        )
+
+    @classmethod
+    def execute(cls, family: str, samples: dict) -> io.NodeOutput:
+        return io.NodeOutput(FAMILIES[family].decode(samples["samples"]))
+
+
+class FastlaneDemoEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FastlaneDemoEncode",
+            display_name="Fastlane Demo Encode",
+            category=CATEGORY,
+            description="Encodes an image to demo-model latents with the demo's patch codec, e.g. for img2img "
+                        "(KSampler with denoise < 1).",
+            inputs=[
+                _family_input(),
+                io.Image.Input("pixels", tooltip="The image to encode; cropped to a multiple of 8 pixels."),
+            ],
+            outputs=[io.Latent.Output(tooltip="Latents in the demo model's latent space.")],
+        )
+
+    @classmethod
+    def execute(cls, family: str, pixels: torch.Tensor) -> io.NodeOutput:
+        return io.NodeOutput({"samples": FAMILIES[family].encode(pixels)})
+
+
+NODES: list[type[io.ComfyNode]] = [FastlaneDemoModelLoader, FastlaneDemoPrompt, FastlaneDemoDecode, FastlaneDemoEncode]

@@ -1,0 +1,109 @@
+"""The demo "VAE": a fixed linear patch codec (PCA), 8x8x3 RGB patch <-> 16 latent channels.
+
+It gives latents the FLUX latent shape (16 channels, H/8, W/8). PCA coefficients are divided by per-channel scales
+(fitted so the 16 channels together have unit variance on the training images, optionally partly whitened), then
+mapped through the inverse of ComfyUI's ``Flux`` latent format, so the sampler's ``process_in``
+((latent - shift) * scale) hands the model roughly unit-variance inputs, as with the real FLUX VAE.
+The basis is fitted by ``scripts/train_demo.py`` and stored in the demo weights file under ``codec.*``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+import comfy.latent_formats
+
+PATCH = 8
+CHANNELS = 16
+PATCH_DIM = PATCH * PATCH * 3
+_FORMAT = comfy.latent_formats.Flux()
+KEYS = ("codec.mean", "codec.basis", "codec.scale")
+
+
+def _patches(images: torch.Tensor) -> torch.Tensor:
+    """BHWC images (cropped to multiples of 8, like ComfyUI's VAE encode) -> (B, H/8, W/8, 192) patch vectors."""
+    b, h, w, _ = images.shape
+    h, w = h // PATCH * PATCH, w // PATCH * PATCH
+    x = images[:, :h, :w, :3].reshape(b, h // PATCH, PATCH, w // PATCH, PATCH, 3)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, h // PATCH, w // PATCH, PATCH_DIM)
+
+
+def _unpatch(patches: torch.Tensor) -> torch.Tensor:
+    b, gh, gw, _ = patches.shape
+    x = patches.reshape(b, gh, gw, PATCH, PATCH, 3).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, gh * PATCH, gw * PATCH, 3)
+
+
+@dataclass(frozen=True)
+class PatchCodec:
+    """mean (192,), basis (192, 16) with orthonormal columns, scale (16,): latent channel k = coefficient k / scale."""
+
+    mean: torch.Tensor
+    basis: torch.Tensor
+    scale: torch.Tensor
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """ComfyUI IMAGE (B, H, W, 3+, 0..1) -> raw latent (B, 16, H/8, W/8), as a VAE's ``encode`` returns it."""
+        x = _patches(images.float().cpu())
+        z = ((x - self.mean) @ self.basis) / self.scale
+        raw = z / _FORMAT.scale_factor + _FORMAT.shift_factor
+        return raw.permute(0, 3, 1, 2).contiguous()
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """Raw latent (B, 16, h, w) -> ComfyUI IMAGE (B, 8h, 8w, 3) clamped to 0..1."""
+        if latent.ndim != 4 or latent.shape[1] != CHANNELS:
+            raise ValueError(f"the demo codec decodes (B, {CHANNELS}, h, w) latents, got {tuple(latent.shape)}")
+        z = (latent.float().cpu() - _FORMAT.shift_factor) * _FORMAT.scale_factor
+        x = (z.permute(0, 2, 3, 1) * self.scale) @ self.basis.T + self.mean
+        return _unpatch(x).clamp(0.0, 1.0)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(zip(KEYS, (self.mean, self.basis, self.scale)))
+
+
+def fit(images: torch.Tensor, channels: int = CHANNELS, whiten: float = 0.0) -> PatchCodec:
+    """PCA of all 8x8 patches of ``images`` (BHWC, 0..1): the top ``channels`` components, with channel scales
+    proportional to (component std) ** ``whiten`` and normalised to unit overall variance. ``whiten=0`` keeps the
+    PCA spectrum (latent MSE is then pixel MSE, so a model's loss weighs what the eye sees); 1 whitens every channel."""
+    x = _patches(images.double()).reshape(-1, PATCH_DIM)
+    mean = x.mean(0)
+    cov = (x - mean).T @ (x - mean) / (x.shape[0] - 1)
+    eigvals, eigvecs = torch.linalg.eigh(cov)
+    order = torch.argsort(eigvals, descending=True)[:channels]
+    basis = eigvecs[:, order]
+    basis = basis * torch.sign(basis.sum(0, keepdim=True) + 1e-12)  # a fixed sign per component (deterministic)
+    std = eigvals[order].clamp_min(1e-12).sqrt()
+    scale = std ** whiten
+    scale = scale * torch.sqrt(torch.mean((std / scale) ** 2))
+    return PatchCodec(mean.float(), basis.float().contiguous(), scale.float())
+
+
+def load(path: str | Path) -> PatchCodec:
+    """The codec stored in a demo weights file (cached per path)."""
+    return _load(str(Path(path).resolve()))
+
+
+@lru_cache(maxsize=4)
+def _load(path: str) -> PatchCodec:
+    with safe_open(path, framework="pt") as f:
+        return PatchCodec(*(f.get_tensor(k).float() for k in KEYS))
+
+
+def _default_path() -> Path:
+    from .model import WEIGHTS
+
+    return WEIGHTS
+
+
+def encode(images: torch.Tensor, path: str | Path | None = None) -> torch.Tensor:
+    """Encode ComfyUI IMAGEs with the codec of the demo weights file: BHWC 0..1 -> raw latent BCHW."""
+    return load(path or _default_path()).encode(images)
+
+
+def decode(latent: torch.Tensor, path: str | Path | None = None) -> torch.Tensor:
+    """Decode raw latents with the codec of the demo weights file: BCHW -> BHWC clamped to 0..1."""
+    return load(path or _default_path()).decode(latent)

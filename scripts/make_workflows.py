@@ -1,0 +1,333 @@
+#!/usr/bin/env python
+"""Build the shipped workflows from one Python description each, in both of ComfyUI's formats:
+
+* ``workflows/<name>.json``: the UI (LiteGraph) format a user drags onto ComfyUI's canvas, as ComfyUI 0.3.75's
+  frontend (1.32) saves it: ``last_node_id``, ``last_link_id``, ``nodes[]`` (id, type, pos, size, inputs = sockets,
+  outputs, widgets_values in the node's input order, with the seed's "control after generate" value), ``links[]``
+  (``[id, from_node, from_slot, to_node, to_slot, type]``), ``groups``, ``version`` 0.4;
+* ``workflows/<name>.api.json``: the API format ``POST /prompt`` and ``comfy run`` take.
+
+Sockets, widget order and output types come from the node definitions of the real ComfyUI with this pack loaded
+(the same data ``GET /object_info`` serves), so the files match what the frontend would save.
+
+    python scripts/make_workflows.py            # (re)write workflows/
+    python scripts/make_workflows.py --check    # exit 1 if workflows/ differs from what this script builds
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PACK_DIR = Path(__file__).resolve().parents[1]
+WORKFLOWS_DIR = PACK_DIR / "workflows"
+
+#: Node types that exist only in the frontend (never sent to the server).
+UI_ONLY_TYPES = {"Note", "MarkdownNote"}
+#: Input types the frontend draws as widgets (anything else is a socket).
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+# -- description ---------------------------------------------------------------------------------------------------
+@dataclass
+class Node:
+    id: int
+    type: str
+    pos: tuple[float, float]
+    widgets: dict[str, Any] = field(default_factory=dict)
+    links: dict[str, tuple[Node, int]] = field(default_factory=dict)  # input name -> (source node, output slot)
+    title: str | None = None
+    size: tuple[float, float] | None = None
+    color: str | None = None
+    bgcolor: str | None = None
+
+    def out(self, slot: int = 0) -> tuple[Node, int]:
+        return (self, slot)
+
+
+@dataclass
+class Group:
+    title: str
+    members: list[Node]
+    color: str = "#3f789e"
+
+
+@dataclass
+class Workflow:
+    name: str
+    nodes: list[Node]
+    groups: list[Group] = field(default_factory=list)
+
+
+# -- the workflows -------------------------------------------------------------------------------------------------
+DEMO_SUBJECT = "astronaut"
+DEMO_SEED = 42
+DEMO_STEPS = 20
+DEMO_SIZE = 128
+
+
+def demo_compare() -> Workflow:
+    """The embedded demo model sampled twice with the same seed: through a Fastlane cache and plain, each branch
+    measured by a Fastlane Benchmark node, compared by a Fastlane Benchmark Report."""
+    note = Node(1, "MarkdownNote", (-420, 40), size=(360, 300), title="Fastlane demo", widgets={"text": (
+        "## Fastlane: step caching, measured\n\n"
+        "The **top** branch samples through **Fastlane TaylorSeer Cache** (the transformer runs on every 3rd step; "
+        "the steps between are forecast), the **bottom** branch samples the same model plainly. "
+        "Both use the same seed, and each passes a **Fastlane Benchmark** node right before its sampler.\n\n"
+        "**Fastlane Benchmark Report** shows the per-step latency, the speed-up and how far the image moved "
+        "(PSNR/SSIM against the plain branch).\n\n"
+        "The demo model is tiny and runs on a CPU. For FLUX, replace the three demo nodes with "
+        "*Load Diffusion Model*, *CLIP Text Encode* and *VAE Decode*.")})
+    loader = Node(2, "FastlaneDemoModelLoader", (0, 40), widgets={"family": "flux"})
+    prompt = Node(3, "FastlaneDemoPrompt", (0, 200), widgets={"family": "flux", "subject": DEMO_SUBJECT})
+    negative = Node(4, "ConditioningZeroOut", (0, 380), links={"conditioning": prompt.out()})
+    latent = Node(5, "EmptySD3LatentImage", (0, 480), widgets={"width": DEMO_SIZE, "height": DEMO_SIZE, "batch_size": 1})
+    cache = Node(6, "FastlaneTaylorSeer", (360, 40), links={"model": loader.out()},
+                 widgets={"interval": 3, "order": 2, "warmup_steps": 2, "granularity": "auto", "start": 0.0,
+                          "end": 1.0})
+    bench_fast = Node(7, "FastlaneBenchmark", (720, 40), links={"model": cache.out()}, widgets={"label": "fastlane"})
+    bench_base = Node(8, "FastlaneBenchmark", (720, 660), links={"model": loader.out()}, widgets={"label": "baseline"})
+    sampler = dict(seed=DEMO_SEED, steps=DEMO_STEPS, cfg=1.0, sampler_name="euler", scheduler="simple", denoise=1.0)
+    ks_fast = Node(9, "KSampler", (1080, 40), widgets=sampler, title="KSampler (Fastlane)",
+                   links={"model": bench_fast.out(), "positive": prompt.out(), "negative": negative.out(),
+                          "latent_image": latent.out()})
+    ks_base = Node(10, "KSampler", (1080, 660), widgets=sampler, title="KSampler (baseline)",
+                   links={"model": bench_base.out(), "positive": prompt.out(), "negative": negative.out(),
+                          "latent_image": latent.out()})
+    dec_fast = Node(11, "FastlaneDemoDecode", (1440, 40), links={"samples": ks_fast.out()}, widgets={"family": "flux"})
+    dec_base = Node(12, "FastlaneDemoDecode", (1440, 660), links={"samples": ks_base.out()}, widgets={"family": "flux"})
+    save_fast = Node(13, "SaveImage", (1780, 40), size=(300, 340), links={"images": dec_fast.out()},
+                     widgets={"filename_prefix": "fastlane/demo_fastlane"})
+    save_base = Node(14, "SaveImage", (1780, 660), size=(300, 340), links={"images": dec_base.out()},
+                     widgets={"filename_prefix": "fastlane/demo_baseline"})
+    report = Node(15, "FastlaneBenchmarkReport", (1440, 450), size=(280, 140),
+                  links={"model": bench_fast.out(), "image": dec_fast.out(), "reference_model": bench_base.out(),
+                         "reference_image": dec_base.out()})
+    show = Node(16, "PreviewAny", (2120, 40), size=(560, 420), title="Benchmark report",
+                links={"source": report.out(0)})
+    save_plot = Node(17, "SaveImage", (2120, 500), size=(560, 380), title="Save benchmark plot",
+                     links={"images": report.out(1)}, widgets={"filename_prefix": "fastlane/demo_plot"})
+    nodes = [note, loader, prompt, negative, latent, cache, bench_fast, bench_base, ks_fast, ks_base, dec_fast,
+             dec_base, save_fast, save_base, report, show, save_plot]
+    return Workflow("fastlane-demo-compare", nodes, groups=[
+        Group("Fastlane (cached)", [cache, bench_fast, ks_fast, dec_fast, save_fast], "#3f789e"),
+        Group("Baseline (plain)", [bench_base, ks_base, dec_base, save_base], "#8A8A8A"),
+    ])
+
+
+WORKFLOWS = [demo_compare]
+
+
+# -- node definitions ----------------------------------------------------------------------------------------------
+def load_comfyui() -> None:
+    """Import the real ComfyUI (found as scripts/setup.sh found it) with this pack loaded, in this process."""
+    sys.path.insert(0, str(PACK_DIR / "tests"))
+    import comfy_host
+
+    comfy_host.load()
+
+
+def node_info(node_type: str) -> dict:
+    """What ``GET /object_info/<node_type>`` answers, computed in this process (ComfyUI's server.py logic)."""
+    from comfy_api.internal import _ComfyNodeInternal
+
+    import nodes
+
+    cls = nodes.NODE_CLASS_MAPPINGS[node_type]
+    if issubclass(cls, _ComfyNodeInternal):
+        return cls.GET_NODE_INFO_V1()
+    inputs = cls.INPUT_TYPES()
+    return {
+        "input": inputs,
+        "input_order": {k: list(v) for k, v in inputs.items()},
+        "output": list(cls.RETURN_TYPES),
+        "output_name": list(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)),
+        "output_node": bool(getattr(cls, "OUTPUT_NODE", False)),
+        "display_name": nodes.NODE_DISPLAY_NAME_MAPPINGS.get(node_type, node_type),
+    }
+
+
+def input_specs(info: dict) -> list[tuple[str, Any, dict]]:
+    """(name, type, options) of every required and optional input, in the order the frontend lays them out."""
+    specs = []
+    for section in ("required", "optional"):
+        for name in info.get("input_order", {}).get(section, []):
+            spec = info["input"][section][name]
+            specs.append((name, spec[0], spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}))
+    return specs
+
+
+def is_widget(input_type: Any, options: dict) -> bool:
+    return (isinstance(input_type, list) or input_type in WIDGET_TYPES) and not options.get("forceInput", False)
+
+
+def widget_value(node: Node, name: str, input_type: Any, options: dict) -> Any:
+    """The node's value for a widget: as described, else the input's default (a combo's first option)."""
+    if name in node.widgets:
+        return node.widgets[name]
+    if "default" in options:
+        return options["default"]
+    choices = input_type if isinstance(input_type, list) else options.get("options")
+    if choices:
+        return choices[0]
+    raise ValueError(f"node {node.id} ({node.type}): widget {name} has no value and no default")
+
+
+def has_seed_control(name: str, input_type: Any, options: dict) -> bool:
+    """The frontend adds a "control after generate" widget (saved right after the value) to these INT inputs."""
+    return input_type == "INT" and options.get("control_after_generate", name in ("seed", "noise_seed"))
+
+
+# -- formats -------------------------------------------------------------------------------------------------------
+def _executable(workflow: Workflow) -> list[Node]:
+    return [n for n in workflow.nodes if n.type not in UI_ONLY_TYPES]
+
+
+def api_format(workflow: Workflow) -> dict:
+    """``{"<id>": {"class_type", "inputs", "_meta": {"title"}}}`` with inputs in the node's input order."""
+    out = {}
+    for node in _executable(workflow):
+        info = node_info(node.type)
+        inputs: dict[str, Any] = {}
+        for name, input_type, options in input_specs(info):
+            if name in node.links:
+                source, slot = node.links[name]
+                inputs[name] = [str(source.id), slot]
+            elif is_widget(input_type, options):
+                inputs[name] = widget_value(node, name, input_type, options)
+        unknown = (set(node.links) | set(node.widgets)) - set(inputs)
+        if unknown:
+            raise ValueError(f"node {node.id} ({node.type}) has no inputs {sorted(unknown)}")
+        out[str(node.id)] = {"class_type": node.type, "inputs": inputs,
+                             "_meta": {"title": node.title or info.get("display_name") or node.type}}
+    return out
+
+
+def _topological_order(workflow: Workflow) -> dict[int, int]:
+    order: dict[int, int] = {}
+    remaining = list(workflow.nodes)
+    while remaining:
+        ready = [n for n in remaining if all(src.id in order for src, _ in n.links.values())]
+        if not ready:
+            raise ValueError(f"{workflow.name}: the graph has a cycle")
+        for n in ready:
+            order[n.id] = len(order)
+            remaining.remove(n)
+    return order
+
+
+def _default_size(sockets: int, outputs: int, widgets: int) -> list[float]:
+    return [300.0, float(30 + 22 * max(sockets, outputs) + 26 * widgets + 10)]
+
+
+def ui_format(workflow: Workflow) -> dict:
+    order = _topological_order(workflow)
+    links: list[list] = []
+    ui_nodes: list[dict] = []
+    # output (node id, slot) -> link ids, filled while the inputs are laid out
+    output_links: dict[tuple[int, int], list[int]] = {}
+    infos = {n.type: node_info(n.type) for n in _executable(workflow)}
+    for node in sorted(workflow.nodes, key=lambda n: n.id):
+        for name, (source, slot) in node.links.items():
+            output_links.setdefault((source.id, slot), [])
+    for node in sorted(workflow.nodes, key=lambda n: n.id):
+        if node.type in UI_ONLY_TYPES:
+            ui_nodes.append({
+                "id": node.id, "type": node.type, "pos": list(node.pos), "size": list(node.size or (400, 200)),
+                "flags": {}, "order": order[node.id], "mode": 0, "inputs": [], "outputs": [], "properties": {},
+                "widgets_values": [node.widgets["text"]], **({"title": node.title} if node.title else {}),
+                "color": "#432", "bgcolor": "#653"})
+            continue
+        info = infos[node.type]
+        sockets, widgets_values = [], []
+        for name, input_type, options in input_specs(info):
+            if is_widget(input_type, options):
+                if name in node.links:
+                    raise ValueError(f"node {node.id}: {name} is a widget; converting widgets to inputs is not supported")
+                widgets_values.append(widget_value(node, name, input_type, options))
+                if has_seed_control(name, input_type, options):
+                    widgets_values.append("fixed")
+                elif options.get("control_after_generate"):
+                    raise ValueError(f"node {node.id}: combo with control_after_generate is not supported")
+                continue
+            link = None
+            if name in node.links:
+                source, slot = node.links[name]
+                link = len(links) + 1
+                source_type = infos[source.type]["output"][slot]
+                links.append([link, source.id, slot, node.id, len(sockets), source_type])
+                output_links[(source.id, slot)].append(link)
+            elif name in info["input"].get("required", {}):
+                raise ValueError(f"node {node.id} ({node.type}): required input {name} is not connected")
+            sockets.append({"name": name, "type": input_type, "link": link})
+        outputs = [{"name": out_name, "type": out_type, "links": output_links.get((node.id, slot), []),
+                    "slot_index": slot}
+                   for slot, (out_type, out_name) in enumerate(zip(info["output"], info["output_name"]))]
+        entry = {"id": node.id, "type": node.type, "pos": list(node.pos),
+                 "size": list(node.size or _default_size(len(sockets), len(outputs), len(widgets_values))),
+                 "flags": {}, "order": order[node.id], "mode": 0, "inputs": sockets, "outputs": outputs,
+                 "properties": {"Node name for S&R": node.type}, "widgets_values": widgets_values}
+        if node.title:
+            entry["title"] = node.title
+        ui_nodes.append(entry)
+    groups = []
+    for i, group in enumerate(workflow.groups, 1):
+        boxes = [(n.pos[0], n.pos[1], n.pos[0] + _size_of(ui_nodes, n.id)[0], n.pos[1] + _size_of(ui_nodes, n.id)[1])
+                 for n in group.members]
+        x0, y0 = min(b[0] for b in boxes) - 20, min(b[1] for b in boxes) - 60
+        x1, y1 = max(b[2] for b in boxes) + 20, max(b[3] for b in boxes) + 20
+        groups.append({"id": i, "title": group.title, "bounding": [x0, y0, x1 - x0, y1 - y0], "color": group.color,
+                       "font_size": 24, "flags": {}})
+    return {"last_node_id": max(n.id for n in workflow.nodes), "last_link_id": len(links), "nodes": ui_nodes,
+            "links": links, "groups": groups, "config": {}, "extra": {"ds": {"scale": 0.7, "offset": [460, 80]}},
+            "version": 0.4}
+
+
+def _size_of(ui_nodes: list[dict], node_id: int) -> list[float]:
+    return next(n["size"] for n in ui_nodes if n["id"] == node_id)
+
+
+def render(workflow: Workflow) -> dict[Path, str]:
+    """File path -> file text of both formats of ``workflow``."""
+    def dump(data: dict) -> str:
+        return json.dumps(data, indent=2) + "\n"
+
+    return {WORKFLOWS_DIR / f"{workflow.name}.json": dump(ui_format(workflow)),
+            WORKFLOWS_DIR / f"{workflow.name}.api.json": dump(api_format(workflow))}
+
+
+def build_all() -> dict[Path, str]:
+    files: dict[Path, str] = {}
+    for make in WORKFLOWS:
+        files.update(render(make()))
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 if a file is missing or differs")
+    args = parser.parse_args(argv)
+    load_comfyui()
+    stale = []
+    for path, text in build_all().items():
+        current = path.read_text() if path.exists() else None
+        if current == text:
+            continue
+        stale.append(path)
+        if not args.check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path.relative_to(PACK_DIR)}")
+    if args.check and stale:
+        print("out of date (run scripts/make_workflows.py): " + ", ".join(str(p.relative_to(PACK_DIR)) for p in stale))
+        return 1
+    if not stale:
+        print("workflows/ is up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
