@@ -18,7 +18,6 @@ import copy
 import importlib.util
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,15 +25,8 @@ from pathlib import Path
 PACK_DIR = Path(__file__).resolve().parents[1]
 
 
-def comfyui_path() -> Path:
-    if os.environ.get("COMFYUI_PATH"):
-        return Path(os.environ["COMFYUI_PATH"]).resolve()
-    env_file = PACK_DIR / ".fastlane-env"
-    if env_file.exists():
-        for line in env_file.read_text().splitlines():
-            if line.startswith("COMFYUI_PATH="):
-                return Path(line.split("=", 1)[1]).resolve()
-    raise SystemExit("No ComfyUI found: run scripts/setup.sh or set COMFYUI_PATH")
+sys.path.insert(0, str(PACK_DIR / "tests"))
+from comfy_host import comfyui_path  # noqa: E402  (one place that knows how ComfyUI is found)
 
 
 def import_comfy_and_demo():
