@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..compilers import engine
+from ..compilers import attention, engine
 
 CATEGORY = "fastlane/speed"
 
@@ -70,4 +70,35 @@ class FastlaneCompile(io.ComfyNode):
         return io.NodeOutput(patched)
 
 
-NODES = [FastlaneCompile]
+class FastlaneAttention(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FastlaneAttention",
+            display_name="Fastlane Attention Kernel",
+            category=CATEGORY,
+            description="Choose the PyTorch SDPA kernel that runs the diffusion model's attention. On Hopper "
+                        "(H100/H200) cuDNN attention is faster than PyTorch's default flash kernel at FLUX and SDXL "
+                        "shapes; 'auto' picks it there and keeps the default elsewhere. Lossless (same math, other "
+                        "kernel). Works with or without Fastlane Compile, in either order. The input MODEL is "
+                        "unchanged.",
+            inputs=[
+                io.Model.Input("model", tooltip="The MODEL whose attention kernel to choose."),
+                io.Combo.Input("backend", options=list(attention.CHOICES), default="auto",
+                               tooltip="auto: cuDNN on sm90+ (Hopper, Blackwell), flash elsewhere. cudnn / flash / "
+                                       "efficient / math: that kernel first; a kernel that cannot take an input "
+                                       "(head size, dtype, mask) falls through to the next."),
+            ],
+            outputs=[io.Model.Output(tooltip="The model with the chosen attention kernel (input MODEL unchanged).")],
+        )
+
+    @classmethod
+    def execute(cls, model, backend: str) -> io.NodeOutput:
+        if not hasattr(model, "clone") or not hasattr(model, "load_device"):
+            raise ValueError(f"Fastlane Attention Kernel needs a MODEL (a ComfyUI ModelPatcher), got "
+                             f"{type(model).__name__}")
+        patched, chosen = attention.attach(model, backend)
+        return io.NodeOutput(patched, ui={"text": [f"attention: SDPA, {chosen} first"]})
+
+
+NODES = [FastlaneCompile, FastlaneAttention]

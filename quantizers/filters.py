@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -45,7 +46,10 @@ class Selection:
         return ", ".join(parts)
 
 
-def select(diffusion_model: torch.nn.Module, preset: str = "none", regex: str = "", fp8: bool = False) -> Selection:
+def select(diffusion_model: torch.nn.Module, preset: str = "none", regex: str = "", fp8: bool = False,
+           original: Callable[[str, torch.nn.Module], torch.nn.Module] = lambda name, module: module) -> Selection:
+    """The Linears to quantize. ``original(name, module)`` maps a module that another MODEL's object patch has
+    swapped in right now (a quantized copy of a clone ComfyUI has loaded) back to the original."""
     if preset not in PRESETS:
         raise ValueError(f"filter must be one of {PRESETS}, not '{preset}'")
     pattern = None
@@ -59,6 +63,7 @@ def select(diffusion_model: torch.nn.Module, preset: str = "none", regex: str = 
             raise ValueError(f"bad filter regex {regex!r}: {e}") from None
     selection = Selection()
     for name, module in diffusion_model.named_modules():
+        module = original(name, module)
         if not isinstance(module, torch.nn.Linear):
             continue
         if FEW_ROWS.search(name):

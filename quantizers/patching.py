@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from . import filters, schemes
+from .fp8_scaled import Fp8RowwiseLinear
 
 KEY = "fastlane_quantize"
 log = logging.getLogger("fastlane")
@@ -32,6 +33,14 @@ class QuantizedLinear(torch.nn.Linear):
             weight = weight.to(x.device, non_blocking=True)
             bias = bias.to(x.device, non_blocking=True) if bias is not None else None
         return torch.nn.functional.linear(x, weight, bias)
+
+    def _apply(self, fn, recurse: bool = True):
+        # Swap the parameters instead of assigning ``.data``: torch's default path asks the tensor subclass for
+        # ``aten._has_compatible_shallow_copy_type``, which torchao 0.17's AffineQuantizedTensor does not implement.
+        for name, t in list(self._parameters.items()):
+            if t is not None:
+                self._parameters[name] = torch.nn.Parameter(fn(t), requires_grad=False)
+        return self
 
 
 def tensor_bytes(t: torch.Tensor | None) -> int:
@@ -91,18 +100,18 @@ def _compute_dtype(model) -> torch.dtype:
 
 
 def quantized_paths(model) -> set[str]:
-    return {k for k, v in model.object_patches.items() if isinstance(v, QuantizedLinear)}
+    return {k for k, v in model.object_patches.items() if isinstance(v, (QuantizedLinear, Fp8RowwiseLinear))}
 
 
 def quantize(model, scheme_name: str, preset: str = "none", regex: str = ""):
     """A clone of ``model`` whose selected Linears are quantized copies; returns (clone, Report)."""
-    from torchao.quantization import quantize_
-
     scheme = schemes.get(scheme_name, model.load_device)
     if quantized_paths(model):
         raise ValueError("this MODEL already went through Fastlane Quantize; quantize the original MODEL once")
     dm = model.get_model_object("diffusion_model")
-    selection = filters.select(dm, preset, regex, fp8=scheme.fp8)
+    backup = model.object_patches_backup  # shared by clones: the originals of object patches applied right now
+    selection = filters.select(dm, preset, regex, fp8=scheme.fp8,
+                               original=lambda name, m: backup.get(f"diffusion_model.{name}", m))
     if not selection.targets:
         raise ValueError(f"no Linear left to quantize ({selection.summary()}); loosen the filter")
     dtype = _compute_dtype(model)
@@ -112,8 +121,7 @@ def quantize(model, scheme_name: str, preset: str = "none", regex: str = ""):
     for name in selection.targets:
         path = f"diffusion_model.{name}"
         original = model.get_model_object(path)
-        q = QuantizedLinear(original.in_features, original.out_features, bias=original.bias is not None,
-                            device="meta")
+        tensors = {}
         for param in ("weight", "bias"):
             live = getattr(original, param)
             if live is None:
@@ -122,18 +130,31 @@ def quantize(model, scheme_name: str, preset: str = "none", regex: str = ""):
             source = _original(model, key, live)
             linear_before += tensor_bytes(source)
             baked += key in model.patches
-            value = _patched(model, key, source, dtype, work_device)
-            setattr(q, param, torch.nn.Parameter(value, requires_grad=False))
+            tensors[param] = _patched(model, key, source, dtype, work_device)
             patched.patches.pop(key, None)  # baked into the copy: ComfyUI must not apply it again
-        quantize_(q, scheme.config())
-        q.fastlane_scheme = scheme.name
+        q = _build(scheme, original, tensors["weight"], tensors.get("bias"))
         q.to(model.offload_device)
-        linear_after += tensor_bytes(q.weight) + tensor_bytes(q.bias)
+        linear_after += sum(tensor_bytes(t) for t in q.state_dict().values())
         patched.add_object_patch(path, q)
     patched.add_wrapper_with_key(_outer_sample(), KEY, _refuse_later_patches(set(selection.targets)))
     report = Report(scheme.name, selection, linear_before, linear_after, model.model_size(), baked)
     log.info(report.text())
     return patched, report
+
+
+def _build(scheme: schemes.Scheme, original: torch.nn.Linear, weight: torch.Tensor,
+           bias: torch.Tensor | None) -> torch.nn.Module:
+    if not scheme.uses_torchao:
+        return Fp8RowwiseLinear(weight, bias)
+    from torchao.quantization import quantize_
+
+    q = QuantizedLinear(original.in_features, original.out_features, bias=bias is not None, device="meta")
+    q.weight = torch.nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        q.bias = torch.nn.Parameter(bias, requires_grad=False)
+    quantize_(q, scheme.config())
+    q.fastlane_scheme = scheme.name
+    return q
 
 
 def _outer_sample():

@@ -90,6 +90,7 @@ def test_norm_embedding_preset_and_regex(flux):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(scheme="fp8_dynamic_rowwise"), r"needs fp8 matmul hardware.*Use 'int8_weight_only' or 'int8_dynamic'"),
     (dict(scheme="fp8_weight_only"), r"compute capability 8.9"),
+    (dict(scheme="fp8_scaled_mm"), r"needs fp8 matmul hardware"),
     (dict(filter="regex", regex=""), "needs a regex"),
     (dict(filter="regex", regex="("), "bad filter regex"),
     (dict(filter="regex", regex="."), "no Linear left to quantize"),
@@ -148,3 +149,47 @@ def test_sdxl_int8_weight_only():
     names = quantized_names(model)
     assert not any(n.startswith(("time_embed.", "label_emb.")) or ".emb_layers." in n for n in names)
     assert any(n.endswith("attn1.to_q") for n in names)
+
+
+@pytest.fixture
+def fp8_on_cpu(monkeypatch):
+    """Lift the sm89+ check: torch's CPU build has an fp8 ``_scaled_mm`` kernel, so the fp8 path runs here for real."""
+    from test_fp8_scaled import _cpu_scaled_mm_available
+
+    if not _cpu_scaled_mm_available():
+        pytest.skip("this torch has no CPU fp8 _scaled_mm")
+    import fastlane.quantizers.schemes as schemes
+
+    monkeypatch.setattr(schemes, "fp8_supported", lambda device: True)
+
+
+def test_fp8_scaled_mm_in_the_sampler(flux, fp8_on_cpu):
+    reference = sample(flux, steps=6)
+    model, report = quantized(flux, "fp8_scaled_mm")
+    out = sample(model, steps=6)
+    assert 0 < rel_err(out, reference) < 0.1
+    before, after = map(float, re.search(r"Linear weights ([\d.]+) MB -> ([\d.]+) MB", report).groups())
+    assert after < 0.3 * before  # e4m3 + fp32 row scales + bf16 bias vs fp32
+    assert "double_blocks.0.img_attn.qkv" in quantized_names(model)
+    assert not quantized_names(model) & {"double_blocks.0.img_mod.lin", "time_in.in_layer"}
+    assert flux.object_patches == {}
+    assert torch.equal(sample(flux, steps=6), reference)  # the received MODEL runs as before
+
+
+def test_fp8_scaled_mm_compiles_regionally_without_breaks(flux, fp8_on_cpu):
+    torch._dynamo.reset()
+    counters.clear()
+    model, _ = quantized(flux, "fp8_scaled_mm")
+    eager = sample(model, steps=4)
+    compiled = NODE["FastlaneCompile"].execute(model=model, scope="regional", backend="eager", mode="default",
+                                               dynamic="auto", fullgraph=True).result[0]
+    assert rel_err(sample(compiled, steps=4), eager) < 0.02
+    assert counters["stats"]["unique_graphs"] == 2 and not counters["graph_break"]
+    torch._dynamo.reset()
+
+
+def test_fp8_scaled_mm_bakes_lora_in(flux, fp8_on_cpu):
+    reference = sample(lora(flux, 8.0), steps=5)
+    with_lora = rel_err(sample(quantized(lora(flux, 8.0), "fp8_scaled_mm")[0], steps=5), reference)
+    without_lora = rel_err(sample(quantized(flux, "fp8_scaled_mm")[0], steps=5), reference)
+    assert with_lora < 0.7 * without_lora
