@@ -386,6 +386,10 @@ def _compiled(model, **widgets):
     return node("FastlaneCompile", model, **widgets)
 
 
+def _attention(model, backend):
+    return node("FastlaneAttention", model, backend=backend)
+
+
 def _quantized(model, scheme):
     return node("FastlaneQuantize", model, scheme=scheme)
 
@@ -427,6 +431,42 @@ for _name, _families, _heavy, _make, _note in [
     ("fp8+compile_regional+target0.3", ("flux",), True,
      lambda m: _compiled(node("FastlaneTargetSpeedCache", _quantized(m, "fp8_dynamic_rowwise"), compute_fraction=0.3)),
      "fp8 per-row, target-speed 0.3, Fastlane Compile regional: the FLUX fast tier"),
+    # fp8 through torch._scaled_mm (Fastlane's own module, no tensor subclass) and the attention kernel choice
+    ("attn_cudnn", ("flux", "sdxl"), False, lambda m: _attention(m, "cudnn"),
+     "Fastlane Attention Kernel: cuDNN SDPA first, eager"),
+    ("attn_cudnn+compile_regional", ("flux", "sdxl"), True, lambda m: _compiled(_attention(m, "cudnn")),
+     "cuDNN attention then Fastlane Compile regional: the lossless stack"),
+    ("attn_cudnn+compile_regional_autotune", ("flux", "sdxl"), True,
+     lambda m: _compiled(_attention(m, "cudnn"), mode="max-autotune-no-cudagraphs"),
+     "cuDNN attention, Fastlane Compile regional max-autotune-no-cudagraphs"),
+    ("fp8sm", ("flux", "sdxl"), False, lambda m: _quantized(m, "fp8_scaled_mm"),
+     "Fastlane Quantize fp8_scaled_mm (torch._scaled_mm, per-row/per-token), eager"),
+    ("fp8sm+compile_regional", ("flux", "sdxl"), True, lambda m: _compiled(_quantized(m, "fp8_scaled_mm")),
+     "fp8_scaled_mm then Fastlane Compile regional"),
+    ("fp8sm+attn_cudnn+compile_regional", ("flux", "sdxl"), True,
+     lambda m: _compiled(_attention(_quantized(m, "fp8_scaled_mm"), "cudnn")),
+     "fp8_scaled_mm, cuDNN attention, Fastlane Compile regional"),
+    ("fp8sm_exact+compile_regional", ("flux", "sdxl"), True,
+     lambda m: _compiled(_quantized(m, "fp8_scaled_mm_exact")),
+     "fp8_scaled_mm_exact (fp32 accumulation) then Fastlane Compile regional"),
+    ("fast_target0.3", ("flux",), True,
+     lambda m: _compiled(node("FastlaneTargetSpeedCache", _quantized(m, "fp8_scaled_mm"), compute_fraction=0.3)),
+     "fp8_scaled_mm, target-speed 0.3, Fastlane Compile regional: the FLUX fast tier"),
+    ("fast_target0.4", ("flux",), True,
+     lambda m: _compiled(node("FastlaneTargetSpeedCache", _quantized(m, "fp8_scaled_mm"), compute_fraction=0.4)),
+     "fp8_scaled_mm, target-speed 0.4, Fastlane Compile regional"),
+    ("compile_regional_ro", ("flux", "sdxl"), True, lambda m: _compiled(m, mode="reduce-overhead"),
+     "Fastlane Compile regional, mode reduce-overhead (CUDA graphs per block)"),
+    ("fp8sm+compile_regional_ro", ("flux", "sdxl"), True,
+     lambda m: _compiled(_quantized(m, "fp8_scaled_mm"), mode="reduce-overhead"),
+     "fp8_scaled_mm then Fastlane Compile regional reduce-overhead (CUDA graphs)"),
+    ("fast_target0.3_ro", ("flux",), True,
+     lambda m: _compiled(node("FastlaneTargetSpeedCache", _quantized(m, "fp8_scaled_mm"), compute_fraction=0.3),
+                         mode="reduce-overhead"),
+     "fp8_scaled_mm, target-speed 0.3, Fastlane Compile regional reduce-overhead"),
+    ("sdxl_fast", ("sdxl",), True,
+     lambda m: _compiled(node("FastlaneDeepCache", _attention(node("FastlaneQKVFusion", m), "cudnn"))),
+     "QKV fusion, cuDNN attention, DeepCache defaults, Fastlane Compile regional"),
     ("qkv_fused", ("sdxl",), False, lambda m: node("FastlaneQKVFusion", m),
      "Fastlane QKV Fusion (self-attn q/k/v, cross-attn k/v as one matmul), eager"),
     ("qkv_fused+compile_regional", ("sdxl",), True, lambda m: _compiled(node("FastlaneQKVFusion", m)),
@@ -724,6 +764,12 @@ def run_row(bench: Bench, r: Row, budget: float) -> dict[str, Any]:
                 res["output_std"] = round(float(first.float().std()), 4)
             del out, first
             res["dynamo_after_cold"] = dynamo_counts()
+            if res["dynamo_after_cold"] and res["dynamo_after_cold"].get("graphs"):
+                from torch._dynamo.utils import compile_times
+
+                res["compile_times"] = str(compile_times(repr="str", aggregate=True))
+                log(f"row {r.name}: compile phases (torch._dynamo.utils.compile_times, cumulative in this "
+                    f"process):\n{res['compile_times']}")
             log(f"row {r.name}: cold {res['cold_s']:.2f} s, {len(cold_ms)} calls, dynamo {res['dynamo_after_cold']}")
 
             for i in range(args.repeats):
@@ -741,6 +787,11 @@ def run_row(bench: Bench, r: Row, budget: float) -> dict[str, Any]:
                 warm_ms.append(timer.collect_ms())
                 log(f"row {r.name}: warm {i + 1}/{args.repeats}: {warm_s[-1]:.3f} s, "
                     f"median {(_median(warm_ms[-1]) or float('nan')):.1f} ms/call over {len(warm_ms[-1])} calls")
+            if r.name in args.profile.split(",") and warm_s:
+                import profiling
+
+                res["profile"] = profiling.profile_run(one_run, lambda: sync(device), args.steps)
+                log(profiling.text(r.name, res["profile"]))
     except RowSkipped as e:
         res["status"] = str(e) if str(e).startswith("skipped") else f"skipped: {e}"
         log(f"row {r.name}: {res['status']}")
@@ -1027,6 +1078,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="keep the ComfyUI model in memory during standalone (diffusers) rows")
     p.add_argument("--extra-rows", action="append", default=[], help="python file registering more rows")
     p.add_argument("--list", action="store_true", help="list the rows and exit")
+    p.add_argument("--profile", default="", help="comma-separated rows to profile (one extra run under "
+                                                  "torch.profiler after the timed runs; kernel time by category)")
     a = p.parse_args(argv)
     a.steps = a.steps or (28 if a.family == "flux" else 30)
     a.res = a.res or (64 if a.tiny else 1024)

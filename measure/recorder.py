@@ -31,6 +31,8 @@ class RunRecord:
     calls: list[CallRecord] = field(default_factory=list)
     wall_s: float = 0.0
     peak_memory_mb: float | None = None
+    compile_s: float = 0.0  # torch.compile work (dynamo + inductor) done during this run: the cold-start cost
+    compiled_graphs: int = 0
 
     def step_ms(self) -> dict[int, float]:
         per_step: dict[int, float] = {}
@@ -57,6 +59,7 @@ class Recorder:
         self._clock: StepClock | None = None
         self._pending: list[tuple[CallRecord, object, object]] = []
         self._t0 = 0.0
+        self._compile_at_start = (0.0, 0)
 
     @property
     def last_run(self) -> RunRecord | None:
@@ -70,6 +73,7 @@ class Recorder:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
+        self._compile_at_start = compile_totals()
         self._t0 = time.perf_counter()
 
     def end_run(self, device: torch.device) -> None:
@@ -80,6 +84,9 @@ class Recorder:
             torch.cuda.synchronize(device)
             run.peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
         run.wall_s = time.perf_counter() - self._t0
+        seconds, graphs = compile_totals()
+        run.compile_s = seconds - self._compile_at_start[0]
+        run.compiled_graphs = graphs - self._compile_at_start[1]
         for record, start, end in self._pending:
             record.ms = start.elapsed_time(end) if hasattr(start, "elapsed_time") else (end - start) * 1000.0
         self.runs.append(run)
@@ -107,6 +114,17 @@ class Recorder:
         if self._run is not None and self._run.calls:
             self._run.calls[-1].computed = computed
             self._run.calls[-1].cache_label = label
+
+
+def compile_totals() -> tuple[float, int]:
+    """Seconds torch.compile has spent in this process (dynamo frames, including the inductor work they trigger),
+    and graphs compiled: any compile, Fastlane's or ComfyUI's TorchCompileModel."""
+    try:
+        from torch._dynamo.utils import compilation_time_metrics, counters
+    except ImportError:  # a torch without dynamo
+        return 0.0, 0
+    seconds = float(sum(compilation_time_metrics.get("_compile.compile_inner", ())))
+    return seconds, int(counters["stats"]["unique_graphs"])
 
 
 def _device_name(device: torch.device) -> str:

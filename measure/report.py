@@ -23,6 +23,7 @@ def run_summary(run: RunRecord) -> dict:
         "median_step_ms": round(statistics.median(ms), 3) if ms else None,
         "peak_memory_mb": None if run.peak_memory_mb is None else round(run.peak_memory_mb, 1),
         "computed_steps": computed,
+        "compile_s": round(run.compile_s, 2), "compiled_graphs": run.compiled_graphs,
     }
     if computed is not None:
         cached = [v for s, v in per_step.items() if s not in computed]
@@ -68,6 +69,10 @@ def table(label: str, result: dict, reference_label: str | None = None) -> str:
     lines = [f"Fastlane benchmark — {label} on {model['device']} ({'cold' if model['cold'] else 'warm'} run {model['run']})"]
     lines.append(f"sampling {model['sampling_s']:.3f} s, {model['steps']} steps, {model['calls']} model calls, "
                  f"median step {model['median_step_ms']} ms" + (f", peak {model['peak_memory_mb']} MB" if model["peak_memory_mb"] else ""))
+    if model.get("compiled_graphs"):
+        lines.append(f"cold start: torch.compile built {model['compiled_graphs']} graph(s) in {model['compile_s']:.1f} s "
+                     f"during this run; first image took {model['sampling_s']:.1f} s of sampling; queue again for "
+                     f"warm figures")
     if model.get("computed_steps") is not None:
         lines.append(f"computed {len(model['computed_steps'])}/{model['steps']} steps; median computed step "
                      f"{model['median_computed_step_ms']} ms, median cached step {model['median_cached_step_ms']} ms")

@@ -136,12 +136,16 @@ class FastlaneTargetSpeedCache(io.ComfyNode):
             display_name="Fastlane Target Speed Cache",
             category=CATEGORY,
             description="Ask for a speed, get it: exactly `compute_fraction` of the steps run the full model "
-                        "(0.4 = 2.5x fewer passes), placed where the output changes most; the rest are forecast.",
+                        "(0.4 = 2.5x fewer passes): the first step, then evenly spread up to the last step; the "
+                        "steps between are forecast (Taylor series of `order`). A fixed plan: no per-step "
+                        "measurement, so cached steps cost the least. On the demo model 0.4 kept PSNR ~50 dB.",
             inputs=[
                 _model_input(),
                 io.Float.Input("compute_fraction", default=0.4, min=0.05, max=1.0, step=0.01,
                                tooltip="Fraction of the steps that run the full model (rounded, at least one)."),
-                io.Int.Input("order", default=1, min=0, max=3, tooltip="Taylor order of the forecast on skipped steps."),
+                io.Int.Input("order", default=2, min=0, max=3,
+                             tooltip="Taylor order of the forecast on skipped steps (2: closest on the demo model; "
+                                     "0: reuse the last computed result, FORA-style)."),
                 *_common_inputs(),
             ],
             outputs=[io.Model.Output(tooltip="The model with target-speed caching (the input MODEL is unchanged).")],

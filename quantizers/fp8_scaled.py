@@ -32,8 +32,11 @@ class Fp8RowwiseLinear(torch.nn.Module):
 
     fastlane_scheme = "fp8_scaled_mm"
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, fast_accum: bool = True) -> None:
         super().__init__()
+        # Hopper's fast fp8 accumulation (no periodic promotion to fp32 inside the K loop): torchao's inference
+        # default too; ``fast_accum=False`` is the exact-accumulation variant
+        self.fast_accum = fast_accum
         self.out_features, self.in_features = weight.shape
         with torch.no_grad():
             q, scale = quantize_rows(weight.detach())
@@ -49,7 +52,7 @@ class Fp8RowwiseLinear(torch.nn.Module):
         rows = x.reshape(-1, self.in_features)
         q, row_scale = quantize_rows(rows)
         out = torch._scaled_mm(q, weight.t(), scale_a=row_scale, scale_b=scale, bias=bias,
-                               out_dtype=torch.bfloat16)
+                               out_dtype=torch.bfloat16, use_fast_accum=self.fast_accum)
         return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def _apply(self, fn, recurse: bool = True):
@@ -70,4 +73,4 @@ class Fp8RowwiseLinear(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, " \
-               f"e4m3 per-row weights, per-token activations (torch._scaled_mm)"
+               f"e4m3 per-row weights, per-token activations (torch._scaled_mm, fast_accum={self.fast_accum})"

@@ -145,7 +145,7 @@ def quantize(model, scheme_name: str, preset: str = "none", regex: str = ""):
 def _build(scheme: schemes.Scheme, original: torch.nn.Linear, weight: torch.Tensor,
            bias: torch.Tensor | None) -> torch.nn.Module:
     if not scheme.uses_torchao:
-        return Fp8RowwiseLinear(weight, bias)
+        return Fp8RowwiseLinear(weight, bias, fast_accum=scheme.fast_accum)
     from torchao.quantization import quantize_
 
     q = QuantizedLinear(original.in_features, original.out_features, bias=bias is not None, device="meta")

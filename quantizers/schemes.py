@@ -19,6 +19,7 @@ class Scheme:
     make_config: Callable[[], object] | None  # torchao config factory; None: Fastlane's own torch._scaled_mm module
     fp8: bool  # needs fp8 hardware (NVIDIA compute capability 8.9+: Ada, Hopper, Blackwell)
     quantizes_activations: bool
+    fast_accum: bool = True  # Fastlane's _scaled_mm schemes only
 
     @property
     def uses_torchao(self) -> bool:
@@ -54,8 +55,11 @@ def _fp8_weight_only():
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in [
     Scheme("fp8_scaled_mm", "fp8 e4m3 weights (per row) and activations (per token) multiplied by torch's own "
-           "_scaled_mm (sm89+): the same math as fp8_dynamic_rowwise without a tensor subclass, so it compiles "
-           "quickly; the fastest scheme with Fastlane Compile", None, fp8=True, quantizes_activations=True),
+           "_scaled_mm with fast accumulation (sm89+): the math of fp8_dynamic_rowwise without a tensor subclass, "
+           "so it compiles in seconds; the fastest scheme with Fastlane Compile", None, fp8=True,
+           quantizes_activations=True),
+    Scheme("fp8_scaled_mm_exact", "as fp8_scaled_mm, with exact fp32 accumulation inside the matmul (a little "
+           "slower, a little closer to 16-bit)", None, fp8=True, quantizes_activations=True, fast_accum=False),
     Scheme("int8_dynamic", "int8 weights (per row) and int8 activations quantized per token at run time: int8 "
            "tensor-core matmuls; best with Fastlane Compile", _int8_dynamic, fp8=False, quantizes_activations=True),
     Scheme("fp8_dynamic_rowwise", "fp8 e4m3 weights and activations, one scale per row/token: fp8 tensor-core "

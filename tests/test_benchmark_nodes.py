@@ -62,3 +62,19 @@ def test_clear_errors_for_bad_input(flux):
         NODE["FastlaneBenchmarkReport"].execute(model=bench(flux, "never"), image=torch.zeros(1, 8, 8, 3))
     with pytest.raises(ValueError, match="has no Fastlane Benchmark"):
         NODE["FastlaneBenchmarkReport"].execute(model=flux, image=torch.zeros(1, 8, 8, 3))
+
+
+def test_the_cold_start_of_a_compiled_model_is_reported(flux):
+    torch._dynamo.reset()
+    compiled = NODE["FastlaneCompile"].execute(model=flux, scope="regional", backend="eager", mode="default",
+                                               dynamic="auto", fullgraph=True).result[0]
+    measured = bench(compiled, "compiled")
+    reports = []
+    for _ in range(2):
+        latent = sample(measured, steps=4, size=32)
+        reports.append(NODE["FastlaneBenchmarkReport"].execute(model=measured, image=as_image(latent)).result)
+    cold, warm = (json.loads(r[2])["model"] for r in reports)
+    assert cold["compiled_graphs"] == 2 and cold["compile_s"] > 0  # FLUX: one graph per block kind
+    assert "cold start: torch.compile built 2 graph(s)" in reports[0][0]
+    assert warm["compiled_graphs"] == 0 and "cold start" not in reports[1][0]
+    torch._dynamo.reset()

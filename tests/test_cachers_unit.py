@@ -46,11 +46,19 @@ def test_target_speed_hits_the_compute_fraction_exactly_for_any_step_count(fract
         assert plan[0]
 
 
-def test_target_speed_computes_more_where_the_output_changes_more():
-    n = 30
-    signals = [None, None] + [1.0 if i < 10 else 0.05 for i in range(2, n)]
-    plan = run_policy(TargetSpeedPolicy(0.4), n, signals)
-    assert sum(plan[:10]) > sum(plan[10:20])
+def test_target_speed_spreads_its_computes_evenly_up_to_the_last_step():
+    plan = run_policy(TargetSpeedPolicy(0.3), 28)
+    assert [i for i, c in enumerate(plan) if c] == [0, 4, 8, 12, 15, 19, 23, 27]
+    plan = run_policy(TargetSpeedPolicy(0.4, warmup=2), 28)
+    assert [i for i, c in enumerate(plan) if c] == [0, 1, 4, 7, 10, 13, 15, 18, 21, 24, 27]
+    noisy = run_policy(TargetSpeedPolicy(0.3), 28, [10.0 if i % 2 else 0.0 for i in range(28)])
+    assert noisy == run_policy(TargetSpeedPolicy(0.3), 28)  # a fixed plan: no signal, no sync per step
+    assert not TargetSpeedPolicy.needs_signal
+
+
+def test_target_speed_window_steps_compute_on_top_of_the_budget():
+    plan = run_policy(TargetSpeedPolicy(0.25, Window(0.25, 1.0)), 20)
+    assert all(plan[:5]) and sum(plan[5:]) == 5 and plan[-1]  # budget round(0.25 * 20) inside the window
 
 
 def test_adaptive_skips_under_threshold_and_caps_consecutive_skips():
