@@ -97,4 +97,7 @@ def attach(model: comfy.model_patcher.ModelPatcher, cache: StepCache, adapter: A
     patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)
     patched.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, make_diffusion_model_wrapper(adapter))
     adapter.install(patched, cache)
+    from ..compilers import conds  # a cached step is mostly host work: no stream sync from conditioning copies
+
+    conds.attach(patched)
     return patched

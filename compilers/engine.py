@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import regions
+from . import conds, regions
 
 KEY = "fastlane_compile"
 MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead")
@@ -356,6 +356,7 @@ def attach(model, spec: CompileSpec):
     patched.remove_wrappers_with_key(WrappersMP.OUTER_SAMPLE, KEY)
     patched.add_wrapper_with_key(WrappersMP.APPLY_MODEL, KEY, compiler.apply_model_wrapper)
     patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, KEY, compiler.outer_sample_wrapper)
+    conds.attach(patched)
     return patched, compiler
 
 
