@@ -375,7 +375,7 @@ for _name, _node_id, _widgets, _note in [
     ("fora3_blocks", "FastlaneFORA", {"interval": 3, "granularity": "blocks"}, "FORA interval 3, whole-stack residual"),
     ("taylorseer_i3o2_attention_mlp", "FastlaneTaylorSeer", {"granularity": "attention_mlp"},
      "TaylorSeer interval 3 order 2, per-block features (memory: 3 derivatives per block feature)"),
-    ("target0.3", "FastlaneTargetSpeedCache", {"compute_fraction": 0.3}, "target 0.3 of the steps, order 1, blocks"),
+    ("target0.3", "FastlaneTargetSpeedCache", {"compute_fraction": 0.3}, "target 0.3 of the steps, order 2, blocks"),
 ]:
     row(_name, families=("flux",), note=_note)(lambda model, _id=_node_id, _w=_widgets: node(_id, model, **_w))
 
@@ -452,6 +452,10 @@ for _name, _families, _heavy, _make, _note in [
     ("fast_target0.3", ("flux",), True,
      lambda m: _compiled(node("FastlaneTargetSpeedCache", _quantized(m, "fp8_scaled_mm"), compute_fraction=0.3)),
      "fp8_scaled_mm, target-speed 0.3, Fastlane Compile regional: the FLUX fast tier"),
+    ("fast_target0.3_output", ("flux",), True,
+     lambda m: _compiled(node("FastlaneTargetSpeedCache", _quantized(m, "fp8_scaled_mm"), compute_fraction=0.3,
+                              granularity="output")),
+     "fp8_scaled_mm, target-speed 0.3 on the model output, Fastlane Compile regional"),
     ("fast_target0.4", ("flux",), True,
      lambda m: _compiled(node("FastlaneTargetSpeedCache", _quantized(m, "fp8_scaled_mm"), compute_fraction=0.4)),
      "fp8_scaled_mm, target-speed 0.4, Fastlane Compile regional"),
