@@ -76,7 +76,7 @@ def _unet_family() -> Family:
     import comfy.ldm.modules.attention as attention
     import comfy.ldm.modules.diffusionmodules.openaimodel as unet
 
-    def transformer_text(args, kwargs):  # SpatialTransformer.forward(x, context=None, transformer_options={})
+    def transformer_text(args, kwargs):  # forward(x, context=None, transformer_options={})
         return _dims((_arg(args, kwargs, 1, "context"), 1))
 
     def transformer_options(options: dict) -> dict:
@@ -95,16 +95,13 @@ def _unet_family() -> Family:
                                    "middle_block_patch", "forward_timestep_embed_patch"))
 
     def regions(dm):
-        # Whole SpatialTransformers (norm, projections and all their blocks: SDXL's 10-deep ones become one call),
-        # not each BasicTransformerBlock: SDXL's eager step is bound by the CPU launching it, and each compiled call
-        # costs a guard check and a wrapper on the CPU, so fewer, larger regions run faster (docs/BENCHMARKS.md).
-        return [m for m in dm.modules() if type(m) in (attention.SpatialTransformer, unet.ResBlock)]
+        return [m for m in dm.modules() if type(m) in (attention.BasicTransformerBlock, unet.ResBlock)]
 
     return Family(
         name="UNet (SDXL/SD1.x)",
         supports=lambda dm: isinstance(dm, unet.UNetModel),
         regions=regions,
-        kinds=(RegionKind(attention.SpatialTransformer, transformer_text, transformer_options),
+        kinds=(RegionKind(attention.BasicTransformerBlock, transformer_text, transformer_options),
                RegionKind(unet.ResBlock, lambda a, k: [])),
         block_patched=block_patched,
     )
