@@ -459,6 +459,8 @@ for _name, _families, _heavy, _make, _note in [
     ("fast_target0.4", ("flux",), True,
      lambda m: _compiled(node("FastlaneTargetSpeedCache", _quantized(m, "fp8_scaled_mm"), compute_fraction=0.4)),
      "fp8_scaled_mm, target-speed 0.4, Fastlane Compile regional"),
+    ("compile_whole_ro", ("flux", "sdxl"), True, lambda m: _compiled(m, scope="whole", mode="reduce-overhead"),
+     "Fastlane Compile whole, mode reduce-overhead: one graph, replayed as CUDA graphs (no per-kernel launches)"),
     ("compile_regional_ro", ("flux", "sdxl"), True, lambda m: _compiled(m, mode="reduce-overhead"),
      "Fastlane Compile regional, mode reduce-overhead (CUDA graphs per block)"),
     ("fp8sm+compile_regional_ro", ("flux", "sdxl"), True,
