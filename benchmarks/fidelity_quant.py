@@ -1,0 +1,93 @@
+"""Fidelity of each quantization scheme, alone and under the fast-tier caches, on the trained demo model (CPU).
+
+Same protocol as benchmarks/fidelity.py: the demo FLUX-class model sampled by ComfyUI's loop (euler, 28 steps) for
+several classes and seeds, decoded and compared with the 16-bit uncached image of the same seed (PSNR/SSIM,
+scikit-image). The demo model runs in fp32 here (bf16 matmuls crawl on this CPU). The fp8 schemes run torch's CPU fp8
+``_scaled_mm`` kernel - the same e4m3 rounding and scales as on an H100 (the fast-accumulation flag only changes
+the GPU kernel), so the hardware check of the quantize node is lifted for this script.
+
+    .venv/bin/python benchmarks/fidelity_quant.py --out docs/fidelity
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fidelity as F  # noqa: E402  (loads ComfyUI with the pack)
+
+import torch  # noqa: E402
+
+import fastlane.quantizers.schemes as schemes  # noqa: E402
+
+NODE = F.NODE
+ALL = dict(start=0.0, end=1.0)
+
+
+def quantize(scheme: str):
+    return lambda m: NODE["FastlaneQuantize"].execute(model=m, scheme=scheme, filter="none").result[0]
+
+
+def target(fraction: float, granularity: str = "blocks"):
+    return lambda m: NODE["FastlaneTargetSpeedCache"].execute(model=m, compute_fraction=fraction, order=2,
+                                                              granularity=granularity, **ALL).result[0]
+
+
+def grid() -> list[tuple[str, callable]]:
+    rows = [("fp32 (reference)", lambda m: m)]
+    for scheme in ("int8_weight_only", "int8_dynamic", "fp8_scaled_mm"):
+        rows.append((scheme, quantize(scheme)))
+    rows.append(("target 0.3 order 2 (blocks)", target(0.3)))
+    rows.append(("target 0.3 order 2 (output)", target(0.3, "output")))
+    rows.append(("fp8_scaled_mm + target 0.3 order 2 (blocks): the fast tier", lambda m: target(0.3)(quantize("fp8_scaled_mm")(m))))
+    rows.append(("fp8_scaled_mm + target 0.3 order 2 (output)", lambda m: target(0.3, "output")(quantize("fp8_scaled_mm")(m))))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=28)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--classes", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    schemes.fp8_supported = lambda device: True  # CPU fp8 kernel: see the module docstring
+
+    base = F.demo.load_demo_patcher()
+    cases = [(c, s) for c in F.demo.class_names()[: args.classes] for s in range(args.seeds)]
+    reference = {case: F.sample(base, *case, args.steps, args.size) for case in cases}
+    results = []
+    for name, make in grid():
+        model = make(base)
+        t0 = time.perf_counter()
+        scores = [F.fidelity(F.sample(model, *case, args.steps, args.size), reference[case]) for case in cases]
+        row = {"setting": name,
+               "psnr_db": None if name.startswith("fp32") else round(sum(s["psnr_db"] for s in scores) / len(scores), 2),
+               "ssim": round(sum(s["ssim"] for s in scores) / len(scores), 4),
+               "cpu_seconds": round(time.perf_counter() - t0, 1)}
+        results.append(row)
+        print(f"{name:48s} PSNR {row['psnr_db']}  SSIM {row['ssim']}", flush=True)
+    meta = {"date": datetime.date.today().isoformat(), "command": "python " + " ".join(sys.argv),
+            "model": "Fastlane demo FLUX-class model, fp32", "reference": "the same model, fp32, no cache",
+            "sampling": f"euler/simple, {args.steps} steps, {args.size}x{args.size}",
+            "cases": f"{args.classes} classes x {args.seeds} seeds", "torch": torch.__version__,
+            "python": platform.python_version()}
+    table = "\n".join(["| setting | PSNR dB vs fp32, no cache | SSIM |", "|---|---|---|"] + [
+        f"| {r['setting']} | {r['psnr_db'] if r['psnr_db'] is not None else '—'} | {r['ssim']} |" for r in results])
+    print(table)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "fidelity_quant.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=1))
+        (args.out / "fidelity_quant_table.md").write_text(
+            "\n".join(f"- {k}: {v}" for k, v in meta.items()) + "\n\n" + table + "\n")
+
+
+if __name__ == "__main__":
+    main()
