@@ -7,6 +7,7 @@ ComfyUI share one set of classes.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import sys
 import uuid
@@ -81,7 +82,10 @@ class GraphRunner:
         import execution
 
         self.sink = _MessageSink()
-        self.executor = execution.PromptExecutor(self.sink, cache_args={"lru": 0, "ram": 0})
+        if "cache_args" in inspect.signature(execution.PromptExecutor).parameters:
+            self.executor = execution.PromptExecutor(self.sink, cache_args={"lru": 0, "ram": 0})
+        else:  # ComfyUI before 0.3.7x
+            self.executor = execution.PromptExecutor(self.sink)  # its default: the classic per-prompt cache
 
     def validate(self, prompt: dict) -> tuple[bool, Any, list, dict]:
         import execution
@@ -105,7 +109,8 @@ class GraphRunner:
         for node_id in prompt:
             entry = self.executor.caches.outputs.get(node_id)
             if entry is not None:
-                result[node_id] = [values[0] if len(values) == 1 else values for values in entry.outputs]
+                outputs = getattr(entry, "outputs", entry)  # ComfyUI before 0.3.7x cached the bare output list
+                result[node_id] = [values[0] if len(values) == 1 else values for values in outputs]
         return result
 
 

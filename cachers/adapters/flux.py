@@ -125,7 +125,7 @@ def _double_attention_mlp_patch(index: int, block: torch.nn.Module, previous) ->
             for name, value in captured.items():
                 call.store(prefix + name, value)
             return out
-        if block.modulation:
+        if getattr(block, "modulation", True):  # ComfyUI < 0.3.7x: every double block has its own modulation
             (img_mod1, img_mod2), (txt_mod1, txt_mod2) = block.img_mod(args["vec"]), block.txt_mod(args["vec"])
         else:
             (img_mod1, img_mod2), (txt_mod1, txt_mod2) = args["vec"]
