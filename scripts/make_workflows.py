@@ -20,7 +20,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 PACK_DIR = Path(__file__).resolve().parents[1]
 WORKFLOWS_DIR = PACK_DIR / "workflows"
@@ -118,7 +118,121 @@ def demo_compare() -> Workflow:
     ])
 
 
-WORKFLOWS = [demo_compare]
+# -- FLUX.1-dev and SDXL with ComfyUI's standard loaders (the model files are the user's) ---------------------------
+FLUX_FILES = ("flux1-dev.safetensors", "t5xxl_fp16.safetensors", "clip_l.safetensors", "ae.safetensors")
+SDXL_FILE = "sd_xl_base_1.0.safetensors"
+PROMPT = "a red fox in fresh snow at dawn, detailed fur, soft light"
+FIGURES = "measured figures for each variant: docs/BENCHMARKS.md in the Fastlane pack (H100, random weights)"
+
+
+def _note(title: str, text: str) -> Node:
+    return Node(1, "MarkdownNote", (-460, 40), size=(400, 360), title=title, widgets={"text": text})
+
+
+def _flux_base(accelerate, title: str, note: str, name: str) -> Workflow:
+    """FLUX.1-dev text-to-image; ``accelerate(model) -> (nodes, model_out)`` inserts Fastlane nodes."""
+    unet, t5, clip_l, vae_file = FLUX_FILES
+    loader = Node(2, "UNETLoader", (0, 40), widgets={"unet_name": unet, "weight_dtype": "default"})
+    clip = Node(3, "DualCLIPLoader", (0, 200), widgets={"clip_name1": clip_l, "clip_name2": t5, "type": "flux"})
+    vae = Node(4, "VAELoader", (0, 380), widgets={"vae_name": vae_file})
+    text = Node(5, "CLIPTextEncode", (360, 200), size=(400, 160), links={"clip": clip.out()}, widgets={"text": PROMPT})
+    guidance = Node(6, "FluxGuidance", (800, 200), links={"conditioning": text.out()}, widgets={"guidance": 3.5})
+    negative = Node(7, "ConditioningZeroOut", (800, 320), links={"conditioning": text.out()})
+    latent = Node(8, "EmptySD3LatentImage", (800, 420), widgets={"width": 1024, "height": 1024, "batch_size": 1})
+    extra, model = accelerate(loader.out())
+    sampler = Node(20, "KSampler", (1500, 40), links={"model": model, "positive": guidance.out(),
+                                                       "negative": negative.out(), "latent_image": latent.out()},
+                   widgets=dict(seed=42, steps=28, cfg=1.0, sampler_name="euler", scheduler="simple", denoise=1.0))
+    decode = Node(21, "VAEDecode", (1860, 40), links={"samples": sampler.out(), "vae": vae.out()})
+    save = Node(22, "SaveImage", (2100, 40), size=(400, 440), links={"images": decode.out()},
+                widgets={"filename_prefix": f"fastlane/{name}"})
+    return Workflow(name, [_note(title, note), loader, clip, vae, text, guidance, negative, latent, *extra, sampler,
+                           decode, save])
+
+
+def _sdxl_base(accelerate, title: str, note: str, name: str) -> Workflow:
+    ckpt = Node(2, "CheckpointLoaderSimple", (0, 40), widgets={"ckpt_name": SDXL_FILE})
+    positive = Node(3, "CLIPTextEncode", (360, 200), size=(400, 160), links={"clip": ckpt.out(1)},
+                    widgets={"text": PROMPT})
+    negative = Node(4, "CLIPTextEncode", (360, 400), size=(400, 120), links={"clip": ckpt.out(1)},
+                    widgets={"text": "blurry, low quality"})
+    latent = Node(5, "EmptyLatentImage", (800, 420), widgets={"width": 1024, "height": 1024, "batch_size": 1})
+    extra, model = accelerate(ckpt.out(0))
+    sampler = Node(20, "KSampler", (1500, 40), links={"model": model, "positive": positive.out(),
+                                                       "negative": negative.out(), "latent_image": latent.out()},
+                   widgets=dict(seed=42, steps=30, cfg=7.0, sampler_name="euler", scheduler="normal", denoise=1.0))
+    decode = Node(21, "VAEDecode", (1860, 40), links={"samples": sampler.out(), "vae": ckpt.out(2)})
+    save = Node(22, "SaveImage", (2100, 40), size=(400, 440), links={"images": decode.out()},
+                widgets={"filename_prefix": f"fastlane/{name}"})
+    return Workflow(name, [_note(title, note), ckpt, positive, negative, latent, *extra, sampler, decode, save])
+
+
+def _chain(*steps: tuple[str, dict]) -> Callable:
+    """Fastlane nodes one after the other on the MODEL, ids 10, 11, ..."""
+    def accelerate(model):
+        made = []
+        for i, (node_type, widgets) in enumerate(steps):
+            node = Node(10 + i, node_type, (400 + 360 * i, 620),
+                        links={"model": model}, widgets=widgets)
+            made.append(node)
+            model = node.out()
+        return made, model
+    return accelerate
+
+
+TARGET = {"granularity": "auto", "order": 2, "start": 0.0, "end": 1.0}
+COMPILE = {"scope": "regional", "backend": "inductor", "mode": "default", "dynamic": "auto", "fullgraph": False}
+FLUX_FILES_TEXT = ("Model files (ComfyUI's folders): `models/diffusion_models/flux1-dev.safetensors`, "
+                   "`models/text_encoders/t5xxl_fp16.safetensors` and `clip_l.safetensors`, `models/vae/ae.safetensors`.")
+SDXL_FILES_TEXT = f"Model file: `models/checkpoints/{SDXL_FILE}`."
+
+
+def flux_baseline() -> Workflow:
+    return _flux_base(_chain(), "FLUX.1-dev baseline", "## FLUX.1-dev, as ComfyUI ships it\n\nThe reference the other "
+                      f"Fastlane FLUX workflows are measured against: 1024², 28 steps, euler.\n\n{FLUX_FILES_TEXT}",
+                      "fastlane-flux-baseline")
+
+
+def flux_balanced() -> Workflow:
+    return _flux_base(_chain(("FastlaneTargetSpeedCache", {"compute_fraction": 0.4, **TARGET}),
+                             ("FastlaneCompile", COMPILE)),
+                      "FLUX.1-dev balanced", "## FLUX.1-dev, balanced\n\n**Target Speed Cache 0.4** (the model runs "
+                      "on 11 of 28 steps, the rest forecast) then **Compile** (regional: two block graphs, compiled "
+                      "on the first run). No quantization: weights stay 16-bit.\n\n"
+                      f"{FLUX_FILES_TEXT}\n\nSpeed: {FIGURES}.", "fastlane-flux-balanced")
+
+
+def flux_fastest() -> Workflow:
+    return _flux_base(_chain(("FastlaneQuantize", {"scheme": "fp8_scaled_mm", "filter": "none", "regex": ""}),
+                             ("FastlaneTargetSpeedCache", {"compute_fraction": 0.3, **TARGET}),
+                             ("FastlaneCompile", COMPILE)),
+                      "FLUX.1-dev fastest", "## FLUX.1-dev, fastest\n\n**Quantize fp8_scaled_mm** (needs an Ada, "
+                      "Hopper or Blackwell GPU) → **Target Speed Cache 0.3** → **Compile** regional. The first run "
+                      "compiles (about 20 s on an H100); queue again for the warm speed.\n\n"
+                      f"{FLUX_FILES_TEXT}\n\nSpeed: {FIGURES}.", "fastlane-flux-fastest")
+
+
+def sdxl_baseline() -> Workflow:
+    return _sdxl_base(_chain(), "SDXL baseline", "## SDXL, as ComfyUI ships it\n\n1024², 30 steps, CFG 7: the "
+                      f"reference for the other Fastlane SDXL workflows.\n\n{SDXL_FILES_TEXT}", "fastlane-sdxl-baseline")
+
+
+def sdxl_balanced() -> Workflow:
+    return _sdxl_base(_chain(("FastlaneDeepCache", {"interval": 3, "branch": 0, "start": 0.0, "end": 1.0})),
+                      "SDXL balanced", "## SDXL, balanced\n\n**DeepCache interval 3**: the deep UNet runs on every "
+                      "third step, the shallow blocks on every step.\n\n"
+                      f"{SDXL_FILES_TEXT}\n\nSpeed: {FIGURES}.", "fastlane-sdxl-balanced")
+
+
+def sdxl_fastest() -> Workflow:
+    return _sdxl_base(_chain(("FastlaneDeepCache", {"interval": 5, "branch": 0, "start": 0.0, "end": 1.0})),
+                      "SDXL fastest", "## SDXL, fastest\n\n**DeepCache interval 5** (its defaults). On an H100, "
+                      "compile, QKV fusion and fp8 did not add speed on top of it: an SDXL step is bound by the CPU "
+                      "launching kernels (see docs/BENCHMARKS.md).\n\n"
+                      f"{SDXL_FILES_TEXT}\n\nSpeed: {FIGURES}.", "fastlane-sdxl-fastest")
+
+
+WORKFLOWS = [demo_compare, flux_baseline, flux_balanced, flux_fastest, sdxl_baseline, sdxl_balanced, sdxl_fastest]
 
 
 # -- node definitions ----------------------------------------------------------------------------------------------

@@ -45,7 +45,9 @@ def output_types(class_type: str) -> list[str]:
 
 
 def test_every_workflow_has_both_formats():
-    assert [p.name for p in API_FILES] == ["fastlane-demo-compare.api.json"]
+    assert [p.name for p in API_FILES] == [f"fastlane-{name}.api.json" for name in (
+        "demo-compare", "flux-balanced", "flux-baseline", "flux-fastest", "sdxl-balanced", "sdxl-baseline",
+        "sdxl-fastest")]
     for api_file in API_FILES:
         assert ui_twin(api_file).exists()
     ui_files = {p for p in WORKFLOWS.glob("*.json") if not p.name.endswith(".api.json")}
@@ -67,6 +69,8 @@ def test_api_file_names_real_nodes_inputs_and_types(api_file):
                 source = prompt[value[0]]["class_type"]
                 produced = output_types(source)[value[1]]
                 assert input_type in (produced, "*"), f"{class_type}.{name} ({input_type}) <- {source} ({produced})"
+            elif name in MODEL_FILE_INPUTS:  # the user's model files: listed from their models/ folders
+                assert value.endswith(".safetensors"), (class_type, name, value)
             elif isinstance(input_type, list) or input_type == "COMBO":
                 choices = input_type if isinstance(input_type, list) else options["options"]
                 assert value in choices, (class_type, name, value)
@@ -74,6 +78,23 @@ def test_api_file_names_real_nodes_inputs_and_types(api_file):
                 assert input_type in WIDGET_TYPES, (class_type, name)
                 if "min" in options:
                     assert options["min"] <= value <= options["max"], (class_type, name, value)
+
+
+MODEL_FILE_INPUTS = {"unet_name", "clip_name1", "clip_name2", "vae_name", "ckpt_name"}
+STANDARD = sorted(p for p in API_FILES if "-demo-" not in p.name)
+
+
+@pytest.mark.parametrize("api_file", STANDARD, ids=lambda p: p.name)
+def test_standard_loader_workflows_without_their_files_fail_comfyuis_validation(graph, api_file):
+    """Here no FLUX/SDXL files exist: ComfyUI's own validation names each missing file, and nothing runs."""
+    prompt = load(api_file)
+    valid, error, _, node_errors = graph.validate(prompt)
+    assert not valid and error["type"] == "prompt_outputs_failed_validation"
+    missing = {(e["extra_info"]["input_name"], e["extra_info"]["received_value"])
+               for node in node_errors.values() for e in node["errors"] if e["type"] == "value_not_in_list"}
+    wanted = {(name, value) for node in prompt.values() for name, value in node["inputs"].items()
+              if name in MODEL_FILE_INPUTS}
+    assert missing == wanted and wanted
 
 
 def _num(x) -> bool:
