@@ -232,7 +232,58 @@ def sdxl_fastest() -> Workflow:
                       f"{SDXL_FILES_TEXT}\n\nSpeed: {FIGURES}.", "fastlane-sdxl-fastest")
 
 
-WORKFLOWS = [demo_compare, flux_baseline, flux_balanced, flux_fastest, sdxl_baseline, sdxl_balanced, sdxl_fastest]
+def _compare(accelerated: Workflow, name: str, title: str, note: str) -> Workflow:
+    """``accelerated`` and its plain twin (same loaders, prompt and seed) as two branches, each through a Fastlane
+    Benchmark node before its KSampler, compared by a Fastlane Benchmark Report."""
+    by_id = {n.id: n for n in accelerated.nodes}
+    fast_sampler, fast_decode = by_id[20], by_id[21]
+    shared = [n for n in accelerated.nodes if n.id < 20 and n.type != "MarkdownNote"]
+    loader_out = next(n for n in shared if n.type in ("UNETLoader", "CheckpointLoaderSimple")).out(0)
+    bench_fast = Node(30, "FastlaneBenchmark", (1140, 40), links={"model": fast_sampler.links["model"]},
+                      widgets={"label": "fastlane"})
+    bench_base = Node(31, "FastlaneBenchmark", (1140, 900), links={"model": loader_out}, widgets={"label": "baseline"})
+    fast_sampler.links["model"] = bench_fast.out()
+    base_sampler = Node(32, "KSampler", (1500, 900), title="KSampler (baseline)",
+                        links={**fast_sampler.links, "model": bench_base.out()}, widgets=dict(fast_sampler.widgets))
+    base_decode = Node(33, "VAEDecode", (1860, 900), links={"samples": base_sampler.out(),
+                                                            "vae": fast_decode.links["vae"]})
+    fast_sampler.title = "KSampler (Fastlane)"
+    report = Node(34, "FastlaneBenchmarkReport", (1860, 560), size=(280, 140),
+                  links={"model": bench_fast.out(), "image": fast_decode.out(), "reference_model": bench_base.out(),
+                         "reference_image": base_decode.out()})
+    show = Node(35, "PreviewAny", (2540, 40), size=(560, 420), title="Benchmark report", links={"source": report.out(0)})
+    save_fast = Node(22, "SaveImage", (2100, 40), size=(400, 440), links={"images": fast_decode.out()},
+                     widgets={"filename_prefix": f"fastlane/{name}_fastlane"})
+    save_base = Node(36, "SaveImage", (2100, 900), size=(400, 440), links={"images": base_decode.out()},
+                     widgets={"filename_prefix": f"fastlane/{name}_baseline"})
+    save_plot = Node(37, "SaveImage", (2540, 500), size=(560, 380), title="Save benchmark plot",
+                     links={"images": report.out(1)}, widgets={"filename_prefix": f"fastlane/{name}_plot"})
+    nodes = [_note(title, note), *shared, bench_fast, fast_sampler, fast_decode, save_fast, bench_base, base_sampler,
+             base_decode, save_base, report, show, save_plot]
+    return Workflow(name, nodes, groups=[
+        Group("Fastlane", [n for n in shared if n.type.startswith("Fastlane")] + [bench_fast, fast_sampler,
+                                                                                 fast_decode, save_fast], "#3f789e"),
+        Group("Baseline (plain)", [bench_base, base_sampler, base_decode, save_base], "#8A8A8A")])
+
+
+COMPARE_NOTE = ("The same loaders, prompt and seed sampled twice: through the Fastlane nodes (top) and plainly "
+                "(bottom), each measured by a **Fastlane Benchmark** node. **Fastlane Benchmark Report** shows the "
+                "per-step latency on your GPU, the speed-up and how far the image moved (PSNR/SSIM). Queue twice: "
+                "the first run includes compilation.")
+
+
+def flux_compare() -> Workflow:
+    return _compare(flux_fastest(), "fastlane-flux-compare", "FLUX.1-dev: fastest vs baseline",
+                    f"## FLUX.1-dev: Fastlane fastest vs baseline\n\n{COMPARE_NOTE}\n\n{FLUX_FILES_TEXT}")
+
+
+def sdxl_compare() -> Workflow:
+    return _compare(sdxl_fastest(), "fastlane-sdxl-compare", "SDXL: DeepCache vs baseline",
+                    f"## SDXL: Fastlane DeepCache vs baseline\n\n{COMPARE_NOTE}\n\n{SDXL_FILES_TEXT}")
+
+
+WORKFLOWS = [demo_compare, flux_baseline, flux_balanced, flux_fastest, flux_compare, sdxl_baseline, sdxl_balanced,
+             sdxl_fastest, sdxl_compare]
 
 
 # -- node definitions ----------------------------------------------------------------------------------------------

@@ -46,8 +46,8 @@ def output_types(class_type: str) -> list[str]:
 
 def test_every_workflow_has_both_formats():
     assert [p.name for p in API_FILES] == [f"fastlane-{name}.api.json" for name in (
-        "demo-compare", "flux-balanced", "flux-baseline", "flux-fastest", "sdxl-balanced", "sdxl-baseline",
-        "sdxl-fastest")]
+        "demo-compare", "flux-balanced", "flux-baseline", "flux-compare", "flux-fastest", "sdxl-balanced",
+        "sdxl-baseline", "sdxl-compare", "sdxl-fastest")]
     for api_file in API_FILES:
         assert ui_twin(api_file).exists()
     ui_files = {p for p in WORKFLOWS.glob("*.json") if not p.name.endswith(".api.json")}
