@@ -1,12 +1,20 @@
-"""Fidelity of every cacher setting on the trained demo model (CPU): how far the image moves, per computed fraction.
+"""Fidelity of every cacher setting on a trained demo model (CPU): how far the image moves, per computed fraction.
 
-For each setting, samples the demo FLUX-class model (ComfyUI's real sampling loop, euler, 28 steps) for several
-classes and seeds, and compares the decoded images with the uncached run of the same seed: PSNR and SSIM
-(scikit-image). The computed fraction is counted from real block calls, so a cached step that secretly computed
-would show. Writes a markdown table and JSON (and prints the table).
+For each setting, samples a demo model (ComfyUI's real sampling loop) for several classes and seeds, and compares
+the decoded images with the uncached run of the same seed: PSNR and SSIM (scikit-image). The computed fraction is
+counted from real calls, so a cached step that secretly computed would show. Writes a markdown table and JSON (and
+prints the table).
 
-    .venv/bin/python benchmarks/fidelity.py --out docs            # full grid (a few minutes on 2 cores)
-    .venv/bin/python benchmarks/fidelity.py --quick               # a handful of rows
+- ``--family flux`` (default): the FLUX-class demo, euler/simple, 28 steps, cfg 1 (guidance 3.5); computed fraction =
+  transformer-block calls / those of the uncached run (which calls every block once per step).
+- ``--family sdxl``: the SDXL-class demo UNet, euler/normal, 30 steps, cfg 5 against the 'none' class; computed
+  fraction = full UNet passes (middle-block calls) / those of the uncached run, and "blocks run" = all UNet block
+  calls (input, middle, output) / those of the uncached run, which shows the shallow blocks a DeepCache step still
+  runs. Outputs are named fidelity_sdxl.json / fidelity_sdxl_table.md.
+
+    .venv/bin/python benchmarks/fidelity.py --out docs/fidelity                   # FLUX grid (minutes on 2 cores)
+    .venv/bin/python benchmarks/fidelity.py --family sdxl --out docs/fidelity     # SDXL grid
+    .venv/bin/python benchmarks/fidelity.py --quick                               # a handful of rows
 """
 from __future__ import annotations
 
@@ -16,7 +24,10 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 PACK = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PACK / "tests"))
@@ -29,14 +40,15 @@ import torch  # noqa: E402
 
 import comfy.sample  # noqa: E402
 import nodes  # noqa: E402
-from fastlane.demo import codec, model as demo  # noqa: E402
+from fastlane.demo import codec, model as demo, sdxl  # noqa: E402
 from fastlane.measure.report import fidelity  # noqa: E402
 
 NODE = nodes.NODE_CLASS_MAPPINGS
 ALL = dict(start=0.0, end=1.0)
 
 
-def grid(quick: bool) -> list[tuple[str, callable]]:
+def flux_grid(quick: bool) -> list[tuple[str, callable]]:
+    """The FLUX settings (the grid of docs/FIDELITY.md's first table)."""
     rows = [("no cache", lambda m: m)]
     for i in (2, 3, 4):
         for g in ("blocks", "attention_mlp", "output"):
@@ -62,68 +74,170 @@ def grid(quick: bool) -> list[tuple[str, callable]]:
     return rows
 
 
-def sample(model, class_name: str, seed: int, steps: int, size: int) -> torch.Tensor:
-    latent = torch.zeros(1, 16, size // 8, size // 8)
+def sdxl_grid(quick: bool) -> list[tuple[str, callable]]:
+    """The SDXL settings: DeepCache, FORA and TaylorSeer on the deep feature or the whole output, adaptive,
+    target speed, and ComfyUI core's EasyCache/LazyCache at their defaults."""
+    rows = [("no cache", lambda m: m)]
+    for i in (3, 5):
+        for b in (0, 1):
+            rows.append((f"DeepCache interval {i} branch {b}", lambda m, i=i, b=b: NODE["FastlaneDeepCache"].execute(
+                model=m, interval=i, branch=b, **ALL).result[0]))
+    for i in (2, 3):
+        for g in ("deep", "output"):
+            rows.append((f"FORA interval {i} ({g})", lambda m, i=i, g=g: NODE["FastlaneFORA"].execute(
+                model=m, interval=i, granularity=g, **ALL).result[0]))
+    for order in (2, 1):
+        label = "TaylorSeer defaults: interval 3 order 2 (deep)" if order == 2 else "TaylorSeer interval 3 order 1 (deep)"
+        rows.append((label, lambda m, o=order: NODE["FastlaneTaylorSeer"].execute(
+            model=m, interval=3, order=o, warmup_steps=2, granularity="auto", **ALL).result[0]))
+    for t in (0.05, 0.1, 0.2):
+        rows.append((f"Adaptive threshold {t} order 1 (deep)", lambda m, t=t: NODE["FastlaneAdaptiveCache"].execute(
+            model=m, threshold=t, max_skips=3, order=1, warmup_steps=2, granularity="auto", **ALL).result[0]))
+    for f in (0.4, 0.3):
+        for order in (2, 1):
+            label = f"Target {f} order {order} (deep{', default order' if order == 2 else ''})"
+            rows.append((label, lambda m, f=f, o=order: NODE["FastlaneTargetSpeedCache"].execute(
+                model=m, compute_fraction=f, order=o, granularity="auto", **ALL).result[0]))
+    for name in ("EasyCache", "LazyCache"):
+        rows.append((f"core {name} (defaults)", lambda m, n=name: NODE[n].execute(
+            model=m, reuse_threshold=0.2, start_percent=0.15, end_percent=0.95, verbose=False).result[0]))
+    if quick:
+        keep = ("no cache", "DeepCache interval 3 branch 0", "FORA interval 2 (output)",
+                "TaylorSeer defaults: interval 3 order 2 (deep)", "Target 0.4 order 2 (deep, default order)",
+                "core EasyCache (defaults)")
+        rows = [r for r in rows if r[0] in keep]
+    return rows
+
+
+class CallCounter:
+    """Counts forward calls of modules of the real model with forward pre-hooks (not a stand-in)."""
+
+    def __init__(self, modules: list[torch.nn.Module]) -> None:
+        self.calls = 0
+        self.handles = [m.register_forward_pre_hook(self._hit) for m in modules]
+
+    def _hit(self, *_) -> None:
+        self.calls += 1
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one demo family is sampled, and which of its modules a computed step must call."""
+
+    module: Any  # fastlane.demo.model (FLUX) or fastlane.demo.sdxl
+    grid: Callable[[bool], list]
+    steps: int
+    cfg: float
+    scheduler: str
+    channels: int
+    stem: str  # output file name stem
+    model_note: str
+    sampling_note: str
+    counted: Callable[[Any], list]  # diffusion model -> modules a full computation calls once per model call
+    blocks: Callable[[Any], list] | None = None  # diffusion model -> every block (for the "blocks run" column)
+
+
+def _unet_blocks(unet) -> list[torch.nn.Module]:
+    """The first layer of every input, middle and output block (ComfyUI runs a block's layers through
+    ``forward_timestep_embed``, not through the block's own forward)."""
+    return [b[0] for b in (*unet.input_blocks, unet.middle_block, *unet.output_blocks)]
+
+
+FAMILIES = {
+    "flux": Family(demo, flux_grid, 28, 1.0, "simple", 16, "fidelity",
+                   "Fastlane demo FLUX-class model (demo/weights, trained by scripts/train_demo.py)",
+                   "euler/simple, {steps} steps, {size}x{size}, guidance 3.5, cfg 1",
+                   lambda flux: [*flux.double_blocks, *flux.single_blocks]),
+    "sdxl": Family(sdxl, sdxl_grid, 30, sdxl.DEFAULT_CFG, "normal", 4, "fidelity_sdxl",
+                   "Fastlane demo SDXL-class UNet (demo/weights/fastlane-demo-sdxl.safetensors, eps, trained by "
+                   "scripts/train_demo.py --family sdxl)",
+                   "euler/normal, {steps} steps, {size}x{size}, cfg {cfg} (negative: the 'none' class)",
+                   lambda unet: [unet.middle_block[0]], _unet_blocks),
+}
+
+
+def sample(family: Family, model, class_name: str, seed: int, steps: int, size: int) -> torch.Tensor:
+    latent = torch.zeros(1, family.channels, size // 8, size // 8)
     noise = comfy.sample.prepare_noise(latent, seed)
-    positive = demo.conditioning(class_name)
-    negative = demo.conditioning(demo.UNCONDITIONAL)
-    out = comfy.sample.sample(model, noise, steps, 1.0, "euler", "simple", positive, negative, latent, seed=seed,
-                              disable_pbar=True)
-    return codec.decode(out)
+    positive = family.module.conditioning(class_name)
+    negative = family.module.conditioning(family.module.UNCONDITIONAL)
+    out = comfy.sample.sample(model, noise, steps, family.cfg, "euler", family.scheduler, positive, negative, latent,
+                              seed=seed, disable_pbar=True)
+    return codec.decode(out, family.module.WEIGHTS)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=28)
+    parser.add_argument("--family", choices=list(FAMILIES), default="flux")
+    parser.add_argument("--steps", type=int, default=None, help="default: flux 28, sdxl 30")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    family = FAMILIES[args.family]
+    args.steps = args.steps or family.steps
 
-    base = demo.load_demo_patcher()
-    flux = base.model.diffusion_model
-    blocks = [*flux.double_blocks, *flux.single_blocks]
-    counter = {"calls": 0}
-    hooks = [b.register_forward_pre_hook(lambda *_: counter.__setitem__("calls", counter["calls"] + 1)) for b in blocks]
-    cases = [(c, s) for c in demo.class_names()[: args.classes] for s in range(args.seeds)]
-    reference = {case: sample(base, *case, args.steps, args.size) for case in cases}
+    base = family.module.load_demo_patcher()
+    net = base.model.diffusion_model
+    counted = CallCounter(family.counted(net))
+    blocks = CallCounter(family.blocks(net)) if family.blocks else None
+    cases = [(c, s) for c in family.module.class_names()[: args.classes] for s in range(args.seeds)]
+    reference = {case: sample(family, base, *case, args.steps, args.size) for case in cases}
+    ref_counted, ref_blocks = counted.calls, blocks.calls if blocks else None
 
     results = []
-    for name, make in grid(args.quick):
+    for name, make in family.grid(args.quick):
         model = make(base)
-        counter["calls"] = 0
+        counted.calls = 0
+        if blocks:
+            blocks.calls = 0
         t0 = time.perf_counter()
-        images = {case: sample(model, *case, args.steps, args.size) for case in cases}
+        images = {case: sample(family, model, *case, args.steps, args.size) for case in cases}
         seconds = time.perf_counter() - t0
-        computed = counter["calls"] / len(blocks) / (args.steps * len(cases))
         scores = [fidelity(images[c], reference[c]) for c in cases]
         psnr = [s["psnr_db"] for s in scores]
         ssim = [s["ssim"] for s in scores]
-        row = {"setting": name, "computed_fraction": round(computed, 3),
-               "psnr_db": round(sum(psnr) / len(psnr), 2) if name != "no cache" else None,
-               "ssim": round(sum(ssim) / len(ssim), 4), "cpu_seconds": round(seconds, 2)}
+        row = {"setting": name, "computed_fraction": round(counted.calls / ref_counted, 3)}
+        if blocks:
+            row["blocks_run_fraction"] = round(blocks.calls / ref_blocks, 3)
+        row.update({"psnr_db": round(sum(psnr) / len(psnr), 2) if name != "no cache" else None,
+                    "ssim": round(sum(ssim) / len(ssim), 4), "cpu_seconds": round(seconds, 2)})
         results.append(row)
         print(f"{name:48s} computed {row['computed_fraction']:.3f}  PSNR {row['psnr_db']}  SSIM {row['ssim']}", flush=True)
-    for h in hooks:
-        h.remove()
+    counted.close()
+    if blocks:
+        blocks.close()
 
     meta = {"date": datetime.date.today().isoformat(), "command": "python " + " ".join(sys.argv),
-            "model": "Fastlane demo FLUX-class model (demo/weights, trained by scripts/train_demo.py)",
-            "sampling": f"euler/simple, {args.steps} steps, {args.size}x{args.size}, guidance 3.5, cfg 1",
+            "model": family.model_note,
+            "sampling": family.sampling_note.format(steps=args.steps, size=args.size, cfg=family.cfg),
             "cases": f"{args.classes} classes x {args.seeds} seeds", "torch": torch.__version__,
             "python": platform.python_version()}
-    lines = [f"| setting | computed fraction | PSNR dB vs no cache | SSIM |", "|---|---|---|---|"]
-    lines += [f"| {r['setting']} | {r['computed_fraction']:.3f} | {r['psnr_db'] if r['psnr_db'] is not None else '—'} | {r['ssim']} |"
-              for r in results]
-    table = "\n".join(lines)
+    table = markdown_table(results, with_blocks=blocks is not None)
     print(table)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "fidelity.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=1))
-        (args.out / "fidelity_table.md").write_text(
+        (args.out / f"{family.stem}.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=1))
+        (args.out / f"{family.stem}_table.md").write_text(
             "\n".join(f"- {k}: {v}" for k, v in meta.items()) + "\n\n" + table + "\n")
+
+
+def markdown_table(results: list[dict], with_blocks: bool) -> str:
+    """The results as a markdown table (the "blocks run" column only where it was counted)."""
+    head = ["setting", "computed fraction", *(["blocks run"] if with_blocks else []), "PSNR dB vs no cache", "SSIM"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        cells = [r["setting"], f"{r['computed_fraction']:.3f}",
+                 *([f"{r['blocks_run_fraction']:.3f}"] if with_blocks else []),
+                 str(r["psnr_db"]) if r["psnr_db"] is not None else "—", str(r["ssim"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

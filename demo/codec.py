@@ -1,15 +1,16 @@
-"""The demo "VAE": a fixed linear patch codec (PCA), 8x8x3 RGB patch <-> 16 latent channels.
+"""The demo "VAE": a fixed linear patch codec (PCA), 8x8x3 RGB patch <-> 16 (FLUX) or 4 (SDXL) latent channels.
 
-It gives latents the FLUX latent shape (16 channels, H/8, W/8). PCA coefficients are divided by per-channel scales
-(fitted so the 16 channels together have unit variance on the training images, optionally partly whitened), then
-mapped through the inverse of ComfyUI's ``Flux`` latent format, so the sampler's ``process_in``
-((latent - shift) * scale) hands the model roughly unit-variance inputs, as with the real FLUX VAE.
-The basis is fitted by ``scripts/train_demo.py`` and stored in the demo weights file under ``codec.*``.
+It gives latents the family's latent shape (FLUX: 16 channels, SDXL: 4 channels; both H/8, W/8). PCA coefficients
+are divided by per-channel scales (fitted so the channels together have unit variance on the training images,
+optionally partly whitened), then mapped through the inverse of the family's ComfyUI latent format (``Flux``:
+(latent - shift) * scale; ``SDXL``: latent * 0.13025), so the sampler's ``process_in`` hands the model roughly
+unit-variance inputs, as with the real VAEs. The basis is fitted by ``scripts/train_demo.py`` and stored in the demo
+weights file under ``codec.*``, the latent format's name in its metadata (absent: ``Flux``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import torch
@@ -18,10 +19,16 @@ from safetensors import safe_open
 import comfy.latent_formats
 
 PATCH = 8
-CHANNELS = 16
+CHANNELS = 16  # FLUX; the SDXL demo's codec has 4
 PATCH_DIM = PATCH * PATCH * 3
-_FORMAT = comfy.latent_formats.Flux()
 KEYS = ("codec.mean", "codec.basis", "codec.scale")
+FORMAT_METADATA = "fastlane.latent_format"  # name of the comfy.latent_formats class the latents are scaled for
+
+
+@cache
+def latent_format(name: str) -> comfy.latent_formats.LatentFormat:
+    """ComfyUI's latent format by class name ("Flux", "SDXL")."""
+    return getattr(comfy.latent_formats, name)()
 
 
 def _patches(images: torch.Tensor) -> torch.Tensor:
@@ -40,35 +47,48 @@ def _unpatch(patches: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class PatchCodec:
-    """mean (192,), basis (192, 16) with orthonormal columns, scale (16,): latent channel k = coefficient k / scale."""
+    """mean (192,), basis (192, C) with orthonormal columns, scale (C,): latent channel k = coefficient k / scale,
+    stored scaled for the ComfyUI latent format named ``latent_format``."""
 
     mean: torch.Tensor
     basis: torch.Tensor
     scale: torch.Tensor
+    latent_format: str = "Flux"
+
+    @property
+    def channels(self) -> int:
+        return self.basis.shape[1]
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """ComfyUI IMAGE (B, H, W, 3+, 0..1) -> raw latent (B, 16, H/8, W/8), as a VAE's ``encode`` returns it."""
+        """ComfyUI IMAGE (B, H, W, 3+, 0..1) -> raw latent (B, C, H/8, W/8), as a VAE's ``encode`` returns it."""
         x = _patches(images.float().cpu())
         z = ((x - self.mean) @ self.basis) / self.scale
-        raw = z / _FORMAT.scale_factor + _FORMAT.shift_factor
+        raw = latent_format(self.latent_format).process_out(z)
         return raw.permute(0, 3, 1, 2).contiguous()
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        """Raw latent (B, 16, h, w) -> ComfyUI IMAGE (B, 8h, 8w, 3) clamped to 0..1."""
-        if latent.ndim != 4 or latent.shape[1] != CHANNELS:
-            raise ValueError(f"the demo codec decodes (B, {CHANNELS}, h, w) latents, got {tuple(latent.shape)}")
-        z = (latent.float().cpu() - _FORMAT.shift_factor) * _FORMAT.scale_factor
+        """Raw latent (B, C, h, w) -> ComfyUI IMAGE (B, 8h, 8w, 3) clamped to 0..1."""
+        if latent.ndim != 4 or latent.shape[1] != self.channels:
+            raise ValueError(f"this demo codec decodes (B, {self.channels}, h, w) latents ({self.latent_format} "
+                             f"latent format), got {tuple(latent.shape)}: is the Decode node's family the model's?")
+        z = latent_format(self.latent_format).process_in(latent.float().cpu())
         x = (z.permute(0, 2, 3, 1) * self.scale) @ self.basis.T + self.mean
         return _unpatch(x).clamp(0.0, 1.0)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(zip(KEYS, (self.mean, self.basis, self.scale)))
 
+    def metadata(self) -> dict[str, str]:
+        """What the weights file's metadata must hold for :func:`load` to rebuild this codec."""
+        return {FORMAT_METADATA: self.latent_format}
 
-def fit(images: torch.Tensor, channels: int = CHANNELS, whiten: float = 0.0) -> PatchCodec:
+
+def fit(images: torch.Tensor, channels: int = CHANNELS, whiten: float = 0.0, latent_format: str = "Flux"
+        ) -> PatchCodec:
     """PCA of all 8x8 patches of ``images`` (BHWC, 0..1): the top ``channels`` components, with channel scales
     proportional to (component std) ** ``whiten`` and normalised to unit overall variance. ``whiten=0`` keeps the
-    PCA spectrum (latent MSE is then pixel MSE, so a model's loss weighs what the eye sees); 1 whitens every channel."""
+    PCA spectrum (latent MSE is then pixel MSE, so a model's loss weighs what the eye sees); 1 whitens every channel.
+    ``latent_format`` names the ComfyUI latent format the raw latents are scaled for ("Flux", "SDXL")."""
     x = _patches(images.double()).reshape(-1, PATCH_DIM)
     mean = x.mean(0)
     cov = (x - mean).T @ (x - mean) / (x.shape[0] - 1)
@@ -79,7 +99,7 @@ def fit(images: torch.Tensor, channels: int = CHANNELS, whiten: float = 0.0) -> 
     std = eigvals[order].clamp_min(1e-12).sqrt()
     scale = std ** whiten
     scale = scale * torch.sqrt(torch.mean((std / scale) ** 2))
-    return PatchCodec(mean.float(), basis.float().contiguous(), scale.float())
+    return PatchCodec(mean.float(), basis.float().contiguous(), scale.float(), latent_format)
 
 
 def load(path: str | Path) -> PatchCodec:
@@ -90,7 +110,8 @@ def load(path: str | Path) -> PatchCodec:
 @lru_cache(maxsize=4)
 def _load(path: str) -> PatchCodec:
     with safe_open(path, framework="pt") as f:
-        return PatchCodec(*(f.get_tensor(k).float() for k in KEYS))
+        name = (f.metadata() or {}).get(FORMAT_METADATA, "Flux")
+        return PatchCodec(*(f.get_tensor(k).float() for k in KEYS), latent_format=name)
 
 
 def _default_path() -> Path:

@@ -7,18 +7,16 @@ in a real ``ModelPatcher``; only the sizes are small. The "text encoder" is a fi
 """
 from __future__ import annotations
 
-import json
-from functools import lru_cache
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 import comfy.model_base
-import comfy.model_management
 import comfy.model_patcher
 import comfy.supported_models
-import comfy.utils
+
+from . import weights_file
+from .weights_file import CLASSES_METADATA, CONTEXT_KEY, MODEL_PREFIX, POOLED_KEY, UNCONDITIONAL  # noqa: F401
 
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "fastlane-demo-flux.safetensors"
 
@@ -42,13 +40,6 @@ UNET_CONFIG: dict = {
 }
 CONTEXT_TOKENS = 8
 DEFAULT_GUIDANCE = 3.5
-#: The class trained by condition dropout: the model's unconditional prediction (useful as a cfg > 1 negative).
-UNCONDITIONAL = "none"
-
-MODEL_PREFIX = "model.diffusion_model."
-CONTEXT_KEY = "text_encoder.context"  # (classes, CONTEXT_TOKENS, context_in_dim)
-POOLED_KEY = "text_encoder.pooled"  # (classes, vec_in_dim)
-CLASSES_METADATA = "fastlane.classes"  # JSON list naming the rows of the two tables above
 
 
 def model_config(dtype: torch.dtype = torch.float32, manual_cast_dtype: torch.dtype | None = None
@@ -68,39 +59,12 @@ def build_model(dtype: torch.dtype = torch.float32, manual_cast_dtype: torch.dty
 def load_demo_patcher(path: str | Path | None = None, dtype: torch.dtype | None = None
                       ) -> comfy.model_patcher.ModelPatcher:
     """Load the trained demo model into a real ModelPatcher, choosing dtypes the way ComfyUI's UNETLoader does."""
-    sd, _ = comfy.utils.load_torch_file(str(path or WEIGHTS), return_metadata=True)
-    unet_sd = {k: v for k, v in sd.items() if k.startswith(MODEL_PREFIX)}
-    load_device = comfy.model_management.get_torch_device()
-    offload_device = comfy.model_management.unet_offload_device()
-    supported = comfy.supported_models.Flux.supported_inference_dtypes
-    if dtype is None:
-        dtype = comfy.model_management.unet_dtype(model_params=comfy.utils.calculate_parameters(unet_sd),
-                                                  supported_dtypes=supported,
-                                                  weight_dtype=comfy.utils.weight_dtype(unet_sd))
-    manual_cast = comfy.model_management.unet_manual_cast(dtype, load_device, supported)
-    model = build_model(dtype, manual_cast).to(offload_device)
-    missing = set(model.diffusion_model.state_dict()) - {k[len(MODEL_PREFIX):] for k in unet_sd}
-    model.load_model_weights(unet_sd, MODEL_PREFIX)  # (it consumes unet_sd)
-    if missing:
-        raise RuntimeError(f"demo weights {path or WEIGHTS} lack {sorted(missing)[:5]}")
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
-
-
-@lru_cache(maxsize=4)
-def _text_tables(path: str) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    with safe_open(path, framework="pt") as f:
-        names = json.loads(f.metadata()[CLASSES_METADATA])
-        return names, f.get_tensor(CONTEXT_KEY).float(), f.get_tensor(POOLED_KEY).float()
-
-
-def _tables(path: str | Path | None) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    return _text_tables(str(Path(path or WEIGHTS).resolve()))
+    return weights_file.load_patcher(path or WEIGHTS, comfy.supported_models.Flux, UNET_CONFIG, dtype)
 
 
 def class_names(path: str | Path | None = None, include_unconditional: bool = False) -> list[str]:
     """The classes (training images) the demo model draws, in weights-file order."""
-    names = _tables(path)[0]
-    return list(names) if include_unconditional else [n for n in names if n != UNCONDITIONAL]
+    return weights_file.class_names(path or WEIGHTS, include_unconditional)
 
 
 def conditioning(class_name: str, batch: int = 1, guidance: float | None = DEFAULT_GUIDANCE,
@@ -109,11 +73,8 @@ def conditioning(class_name: str, batch: int = 1, guidance: float | None = DEFAU
 
     ``guidance`` is FLUX's embedded guidance (what FluxGuidance sets); the demo was trained with it varied over 1..5.
     """
-    names, context, pooled = _tables(path)
-    if class_name not in names:
-        raise ValueError(f"unknown demo class {class_name!r}; known: {names}")
-    i = names.index(class_name)
-    options: dict = {"pooled_output": pooled[i:i + 1].repeat(batch, 1)}
+    context, pooled = weights_file.class_embedding(path or WEIGHTS, class_name, batch)
+    options: dict = {"pooled_output": pooled}
     if guidance is not None:
         options["guidance"] = float(guidance)
-    return [[context[i:i + 1].repeat(batch, 1, 1), options]]
+    return [[context, options]]

@@ -1,7 +1,10 @@
-"""Nodes for the embedded demo model: a tiny trained FLUX-class model, its class "prompts" and its patch codec "VAE".
+"""Nodes for the embedded demo models: tiny trained FLUX-class and SDXL-class models, their class "prompts" and
+their patch codec "VAE".
 
-With them a whole graph (loader -> prompt -> EmptySD3LatentImage -> KSampler -> decode) runs on any CPU in seconds,
-which is what Fastlane's tests, examples and fidelity measurements use when no real checkpoint is around.
+With them a whole graph (loader -> prompt -> empty latent -> KSampler -> decode) runs on any CPU in seconds, which is
+what Fastlane's tests, examples and fidelity measurements use when no real checkpoint is around. FLUX: 16-channel
+latents (EmptySD3LatentImage), cfg 1 with embedded guidance. SDXL: 4-channel latents (EmptyLatentImage), cfg ~5 with
+the 'none' subject as the negative, euler/normal.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from typing import Callable
 import torch
 from comfy_api.latest import io
 
-from ..demo import codec, model
+from ..demo import codec, model, sdxl
 
 CATEGORY = "fastlane/demo"
 
@@ -27,7 +30,7 @@ class DemoFamily:
     decode: Callable[[torch.Tensor], torch.Tensor]
 
 
-#: family name -> its demo model. Add an entry (e.g. "sdxl") and every node below offers it.
+#: family name -> its demo model. Add an entry and every node below offers it.
 FAMILIES: dict[str, DemoFamily] = {
     "flux": DemoFamily(
         load=model.load_demo_patcher,
@@ -36,13 +39,22 @@ FAMILIES: dict[str, DemoFamily] = {
         encode=codec.encode,
         decode=codec.decode,
     ),
+    "sdxl": DemoFamily(
+        load=sdxl.load_demo_patcher,
+        class_names=lambda: sdxl.class_names(include_unconditional=True),
+        conditioning=sdxl.conditioning,
+        encode=lambda images: codec.encode(images, sdxl.WEIGHTS),
+        decode=lambda latent: codec.decode(latent, sdxl.WEIGHTS),
+    ),
 }
 
 
 def _family_input() -> io.Combo.Input:
     return io.Combo.Input("family", options=list(FAMILIES), default="flux",
-                          tooltip="Which demo model: 'flux' is a small FLUX.1-dev-class transformer "
-                                  "(16-channel latents, 128x128 images).")
+                          tooltip="Which demo model (128x128 images): 'flux' is a small FLUX.1-dev-class transformer "
+                                  "(16-channel latents: EmptySD3LatentImage, cfg 1); 'sdxl' is a small SDXL-class "
+                                  "UNet (4-channel latents: EmptyLatentImage, cfg ~5 with 'none' as the negative, "
+                                  "euler/normal). Use the same family on every demo node of a graph.")
 
 
 def _subjects() -> list[str]:
@@ -59,8 +71,9 @@ class FastlaneDemoModelLoader(io.ComfyNode):
             node_id="FastlaneDemoModelLoader",
             display_name="Fastlane Demo Model Loader",
             category=CATEGORY,
-            description="Loads Fastlane's embedded demo model: a small FLUX-class model (ComfyUI's own Flux classes) "
-                        "trained on a few sample images, so whole graphs run on a CPU without downloading weights.",
+            description="Loads one of Fastlane's embedded demo models: a small FLUX-class model (ComfyUI's own "
+                        "Flux classes) or a small SDXL-class UNet (ComfyUI's own SDXL classes), trained on a few "
+                        "sample images, so whole graphs run on a CPU without downloading weights.",
             inputs=[_family_input()],
             outputs=[io.Model.Output(tooltip="The demo diffusion model, ready for KSampler or the Fastlane nodes.")],
         )
@@ -85,8 +98,9 @@ class FastlaneDemoPrompt(io.ComfyNode):
                 io.Combo.Input("subject", options=subjects, default=subjects[0],
                                tooltip="What to draw: each subject is one training image."),
             ],
-            outputs=[io.Conditioning.Output(tooltip="Conditioning for the demo model (FLUX guidance 3.5 embedded; "
-                                                    "FluxGuidance can change it).")],
+            outputs=[io.Conditioning.Output(tooltip="Conditioning for the demo model (flux: guidance 3.5 embedded, "
+                                                    "FluxGuidance can change it; sdxl: context, pooled output and "
+                                                    "the 128x128 size entries, as CLIPTextEncodeSDXL gives).")],
         )
 
     @classmethod

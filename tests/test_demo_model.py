@@ -9,16 +9,6 @@ SIZE = 128
 SEED = 7
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Sample on one CPU thread: on a busy 2-core machine two OpenMP threads spin-wait on each other and run this
-    tiny model ~10x slower. Restored afterwards, so other test modules keep their setting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def demo():
     import fastlane.demo.codec
