@@ -125,14 +125,17 @@ def test_quantizing_twice_is_refused(flux):
         quantized(model)
 
 
-def test_quantized_then_compiled_regionally(flux):
+@pytest.mark.parametrize("scheme", ["int8_dynamic", "fp8_scaled_mm"])
+def test_quantized_then_compiled_regionally(flux, scheme, request):
+    if scheme.startswith("fp8"):
+        request.getfixturevalue("fp8_on_cpu")
     torch._dynamo.reset()
     counters.clear()
-    model, _ = quantized(flux, "int8_dynamic")
+    model, _ = quantized(flux, scheme)
     eager = sample(model, steps=4)
     compiled = NODE["FastlaneCompile"].execute(model=model, scope="regional", backend="eager", mode="default",
                                                dynamic="auto", fullgraph=True).result[0]
-    # compiled calls use SDPA attention (eager CPU: ComfyUI's sub-quadratic one); int8 activation rounding
+    # compiled calls use SDPA attention (eager CPU: ComfyUI's sub-quadratic one); int8/fp8 activation rounding
     # amplifies that ~1e-6 difference a little
     assert rel_err(sample(compiled, steps=4), eager) < 0.02
     assert counters["stats"]["unique_graphs"] == 2 and not counters["graph_break"]
@@ -174,18 +177,6 @@ def test_fp8_scaled_mm_in_the_sampler(flux, fp8_on_cpu):
     assert not quantized_names(model) & {"double_blocks.0.img_mod.lin", "time_in.in_layer"}
     assert flux.object_patches == {}
     assert torch.equal(sample(flux, steps=6), reference)  # the received MODEL runs as before
-
-
-def test_fp8_scaled_mm_compiles_regionally_without_breaks(flux, fp8_on_cpu):
-    torch._dynamo.reset()
-    counters.clear()
-    model, _ = quantized(flux, "fp8_scaled_mm")
-    eager = sample(model, steps=4)
-    compiled = NODE["FastlaneCompile"].execute(model=model, scope="regional", backend="eager", mode="default",
-                                               dynamic="auto", fullgraph=True).result[0]
-    assert rel_err(sample(compiled, steps=4), eager) < 0.02
-    assert counters["stats"]["unique_graphs"] == 2 and not counters["graph_break"]
-    torch._dynamo.reset()
 
 
 def test_fp8_scaled_mm_bakes_lora_in(flux, fp8_on_cpu):
