@@ -64,11 +64,12 @@ def compare(run: RunRecord, reference: RunRecord | None) -> dict:
 
 
 def table(label: str, result: dict, reference_label: str | None = None) -> str:
-    """A plain-text report: summary lines, then one row per step."""
+    """The report as text that reads the same plain (API ``ui.text``, logs, report.txt) and rendered as Markdown
+    (ComfyUI's Preview Any node renders Markdown): a title, one bullet per summary line, the per-step table fenced."""
     model, ref = result["model"], result.get("reference")
-    lines = [f"Fastlane benchmark — {label} on {model['device']} ({'cold' if model['cold'] else 'warm'} run {model['run']})"]
-    lines.append(f"sampling {model['sampling_s']:.3f} s, {model['steps']} steps, {model['calls']} model calls, "
-                 f"median step {model['median_step_ms']} ms" + (f", peak {model['peak_memory_mb']} MB" if model["peak_memory_mb"] else ""))
+    title = f"Fastlane benchmark — {label} on {model['device']} ({'cold' if model['cold'] else 'warm'} run {model['run']})"
+    lines = [f"sampling {model['sampling_s']:.3f} s, {model['steps']} steps, {model['calls']} model calls, "
+             f"median step {model['median_step_ms']} ms" + (f", peak {model['peak_memory_mb']} MB" if model["peak_memory_mb"] else "")]
     if model.get("compiled_graphs"):
         lines.append(f"cold start: torch.compile built {model['compiled_graphs']} graph(s) in {model['compile_s']:.1f} s "
                      f"during this run; first image took {model['sampling_s']:.1f} s of sampling; queue again for "
@@ -85,13 +86,12 @@ def table(label: str, result: dict, reference_label: str | None = None) -> str:
     if "fidelity" in result:
         f = result["fidelity"]
         lines.append(f"fidelity vs reference: PSNR {f['psnr_db']} dB, SSIM {f['ssim']}; {f['lpips']}")
-    lines.append("")
-    lines.append(f"{'step':>4} {'ms':>10} {'how':>8}" + (f" {'ref ms':>10}" if ref else ""))
+    rows = [f"{'step':>4} {'ms':>10} {'how':>8}" + (f" {'ref ms':>10}" if ref else "")]
     ref_ms = result.get("_reference_step_ms", {})
     for step, ms in sorted(result["_step_ms"].items()):
         how = "—" if result["_computed"] is None else ("compute" if step in result["_computed"] else "cache")
-        lines.append(f"{step:>4} {ms:>10.3f} {how:>8}" + (f" {ref_ms.get(step, float('nan')):>10.3f}" if ref else ""))
-    return "\n".join(lines)
+        rows.append(f"{step:>4} {ms:>10.3f} {how:>8}" + (f" {ref_ms.get(step, float('nan')):>10.3f}" if ref else ""))
+    return "\n".join([title] + [f"- {line}" for line in lines] + ["", "```"] + rows + ["```"])
 
 
 def report(label: str, run: RunRecord, reference_label: str | None = None, reference: RunRecord | None = None,

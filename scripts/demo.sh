@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-command demo: set up (idempotent), start ComfyUI headless with the Fastlane pack on 127.0.0.1, queue
-# workflows/fastlane-demo-compare.api.json through ComfyUI's HTTP API, wait for it, print the Fastlane benchmark
+# workflows/api/fastlane-demo-compare.api.json through ComfyUI's HTTP API, wait for it, print the Fastlane benchmark
 # report, copy the two sampled images and the latency plot into out/, stop the server.
 #
 # Runs on a CPU in well under a minute once set up (the demo model is tiny). The server gets a private, temporary
@@ -12,7 +12,7 @@
 set -euo pipefail
 pack_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$pack_dir"
-workflow=${1:-workflows/fastlane-demo-compare.api.json}
+workflow=${1:-workflows/api/fastlane-demo-compare.api.json}
 out_dir=$pack_dir/out
 
 log() { printf '[demo %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

@@ -5,7 +5,8 @@
   frontend (1.32) saves it: ``last_node_id``, ``last_link_id``, ``nodes[]`` (id, type, pos, size, inputs = sockets,
   outputs, widgets_values in the node's input order, with the seed's "control after generate" value), ``links[]``
   (``[id, from_node, from_slot, to_node, to_slot, type]``), ``groups``, ``version`` 0.4;
-* ``workflows/<name>.api.json``: the API format ``POST /prompt`` and ``comfy run`` take.
+* ``workflows/api/<name>.api.json``: the API format ``POST /prompt`` and ``comfy run`` take (a subfolder, so that
+  ComfyUI's templates browser, which lists ``workflows/*.json``, offers only the UI files).
 
 Sockets, widget order and output types come from the node definitions of the real ComfyUI with this pack loaded
 (the same data ``GET /object_info`` serves), so the files match what the frontend would save.
@@ -461,7 +462,7 @@ def render(workflow: Workflow) -> dict[Path, str]:
         return json.dumps(data, indent=2) + "\n"
 
     return {WORKFLOWS_DIR / f"{workflow.name}.json": dump(ui_format(workflow)),
-            WORKFLOWS_DIR / f"{workflow.name}.api.json": dump(api_format(workflow))}
+            WORKFLOWS_DIR / "api" / f"{workflow.name}.api.json": dump(api_format(workflow))}
 
 
 def build_all() -> dict[Path, str]:

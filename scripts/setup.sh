@@ -63,6 +63,16 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# The browser tests drive Debian's Chromium (Playwright is pointed at it; it never downloads a browser).
+if ! command -v chromium >/dev/null 2>&1 && [ -z "${FASTLANE_CHROMIUM:-}" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing Debian's chromium for the browser tests"
+    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium) >&2
+  else
+    log "no chromium (apt-get install chromium, or set FASTLANE_CHROMIUM): tests/test_browser.py will be skipped"
+  fi
+fi
+
 link="$COMFY/custom_nodes/$pack_name"
 if [ "$(cd "$COMFY/custom_nodes" && pwd -P)" != "$(dirname "$pack_dir")" ] && [ ! -e "$link" ]; then
   ln -s "$pack_dir" "$link"

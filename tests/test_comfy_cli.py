@@ -47,7 +47,7 @@ def envelope(result: subprocess.CompletedProcess) -> dict:
 
 
 def test_comfy_run_executes_the_demo_workflow_and_saves_its_images(comfy_server, tmp_path):
-    prompt = json.loads((WORKFLOWS / "fastlane-demo-compare.api.json").read_text())
+    prompt = json.loads((WORKFLOWS / "api" / "fastlane-demo-compare.api.json").read_text())
     for node in prompt.values():  # own file names, so this run saves new files whatever ran before
         if node["class_type"] == "SaveImage":
             node["inputs"]["filename_prefix"] = node["inputs"]["filename_prefix"].replace("fastlane/", "comfy-cli/")
@@ -81,7 +81,7 @@ def test_comfy_cli_converts_the_ui_workflow_to_the_shipped_api_twin(comfy_server
     data = envelope(result)
     assert result.returncode == 0 and data["ok"], data
     converted = data["data"]["prompt"] if "prompt" in data["data"] else data["data"]
-    twin = json.loads((WORKFLOWS / "fastlane-demo-compare.api.json").read_text())
+    twin = json.loads((WORKFLOWS / "api" / "fastlane-demo-compare.api.json").read_text())
     assert {i: n["class_type"] for i, n in converted.items()} == {i: n["class_type"] for i, n in twin.items()}
     for node_id, node in twin.items():
         assert converted[node_id]["inputs"] == node["inputs"], node["class_type"]

@@ -25,7 +25,7 @@ PACK_NODES = {
 def demo_prompt(seed: int = 1234) -> dict:
     """The shipped demo workflow, with a seed of this module's own: its samplers compute here once and are then
     served from the server's cache in the later tests, whatever other modules ran before."""
-    prompt = json.loads((WORKFLOWS / "fastlane-demo-compare.api.json").read_text())
+    prompt = json.loads((WORKFLOWS / "api" / "fastlane-demo-compare.api.json").read_text())
     for node in prompt.values():
         if node["class_type"] == "KSampler":
             node["inputs"]["seed"] = seed

@@ -12,13 +12,13 @@ import nodes
 
 PACK_DIR = Path(__file__).resolve().parents[1]
 WORKFLOWS = PACK_DIR / "workflows"
-API_FILES = sorted(WORKFLOWS.glob("*.api.json"))
+API_FILES = sorted((WORKFLOWS / "api").glob("*.api.json"))
 UI_ONLY = {"Note", "MarkdownNote"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 
 def ui_twin(api_file: Path) -> Path:
-    return api_file.with_name(api_file.name[: -len(".api.json")] + ".json")
+    return WORKFLOWS / (api_file.name[: -len(".api.json")] + ".json")
 
 
 def load(path: Path) -> dict:
@@ -50,7 +50,7 @@ def test_every_workflow_has_both_formats():
         "sdxl-baseline", "sdxl-compare", "sdxl-fastest")]
     for api_file in API_FILES:
         assert ui_twin(api_file).exists()
-    ui_files = {p for p in WORKFLOWS.glob("*.json") if not p.name.endswith(".api.json")}
+    ui_files = set(WORKFLOWS.glob("*.json"))
     assert ui_files == {ui_twin(p) for p in API_FILES}
 
 
@@ -200,7 +200,7 @@ def test_demo_workflow_runs_in_comfyui(graph, tmp_path, monkeypatch):
     import folder_paths
 
     monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path))
-    prompt = load(WORKFLOWS / "fastlane-demo-compare.api.json")
+    prompt = load(WORKFLOWS / "api" / "fastlane-demo-compare.api.json")
     result = graph.run(prompt)
     by_type = {}
     for node_id, node in prompt.items():
