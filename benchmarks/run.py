@@ -482,6 +482,16 @@ for _name, _families, _heavy, _make, _note in [
      "Fastlane QKV Fusion (self-attn q/k/v, cross-attn k/v as one matmul), eager"),
     ("qkv_fused+compile_regional", ("sdxl",), True, lambda m: _compiled(node("FastlaneQKVFusion", m)),
      "Fastlane QKV Fusion then Fastlane Compile regional"),
+    ("qkv_fused+compile_whole_ro", ("sdxl",), True,
+     lambda m: _compiled(node("FastlaneQKVFusion", m), scope="whole", mode="reduce-overhead"),
+     "Fastlane QKV Fusion then Fastlane Compile whole, reduce-overhead (CUDA graphs)"),
+    ("attn_sage", ("flux", "sdxl"), False, lambda m: _attention(m, "sage"),
+     "Fastlane Attention Kernel: SageAttention (INT8 Q.K, Triton), eager"),
+    ("fp8sm+attn_sage+compile_regional", ("flux", "sdxl"), True,
+     lambda m: _compiled(_attention(_quantized(m, "fp8_scaled_mm"), "sage")),
+     "fp8_scaled_mm, SageAttention, Fastlane Compile regional"),
+    ("attn_sage+compile_regional", ("flux", "sdxl"), True, lambda m: _compiled(_attention(m, "sage")),
+     "SageAttention then Fastlane Compile regional"),
 ]:
     row(_name, families=_families, note=_note, heavy=_heavy)(_make)
 

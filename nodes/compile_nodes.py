@@ -77,17 +77,20 @@ class FastlaneAttention(io.ComfyNode):
             node_id="FastlaneAttention",
             display_name="Fastlane Attention Kernel",
             category=CATEGORY,
-            description="Choose the PyTorch SDPA kernel that runs the diffusion model's attention. On Hopper "
-                        "(H100/H200) cuDNN attention is faster than PyTorch's default flash kernel at FLUX and SDXL "
-                        "shapes; 'auto' picks it there and keeps the default elsewhere. Lossless (same math, other "
-                        "kernel). Works with or without Fastlane Compile, in either order. The input MODEL is "
+            description="Choose the kernel that runs the diffusion model's attention. On Hopper (H100/H200) cuDNN "
+                        "attention is faster than PyTorch's default flash kernel at FLUX and SDXL shapes; 'auto' picks "
+                        "it there and keeps the default elsewhere: lossless (same math, other kernel). 'sage' runs "
+                        "SageAttention (pip install sageattention) for this MODEL only: INT8 Q.K, faster on some GPUs, "
+                        "not lossless. Works with or without Fastlane Compile, in either order. The input MODEL is "
                         "unchanged.",
             inputs=[
                 io.Model.Input("model", tooltip="The MODEL whose attention kernel to choose."),
                 io.Combo.Input("backend", options=list(attention.CHOICES), default="auto",
                                tooltip="auto: cuDNN on sm90+ (Hopper, Blackwell), flash elsewhere. cudnn / flash / "
-                                       "efficient / math: that kernel first; a kernel that cannot take an input "
-                                       "(head size, dtype, mask) falls through to the next."),
+                                       "efficient / math: that PyTorch SDPA kernel first; a kernel that cannot take "
+                                       "an input (head size, dtype, mask) falls through to the next. sage: "
+                                       "SageAttention (needs the sageattention package and an NVIDIA GPU; changes "
+                                       "the image slightly, see docs/BENCHMARKS.md)."),
             ],
             outputs=[io.Model.Output(tooltip="The model with the chosen attention kernel (input MODEL unchanged).")],
         )
@@ -98,7 +101,8 @@ class FastlaneAttention(io.ComfyNode):
             raise ValueError(f"Fastlane Attention Kernel needs a MODEL (a ComfyUI ModelPatcher), got "
                              f"{type(model).__name__}")
         patched, chosen = attention.attach(model, backend)
-        return io.NodeOutput(patched, ui={"text": [f"attention: SDPA, {chosen} first"]})
+        text = "attention: SageAttention" if chosen == "sage" else f"attention: SDPA, {chosen} first"
+        return io.NodeOutput(patched, ui={"text": [text]})
 
 
 NODES = [FastlaneCompile, FastlaneAttention]

@@ -58,7 +58,37 @@ def test_auto_resolves_to_flash_off_hopper():
 
     assert attention.resolve("auto", torch.device("cpu")) == "flash"
     with pytest.raises(ValueError, match="attention backend must be one of"):
-        attention.resolve("sage", torch.device("cpu"))
+        attention.resolve("xformers", torch.device("cpu"))
+
+
+def test_sage_on_a_cpu_model_is_a_clear_error_and_patches_nothing(flux):
+    options = repr(flux.model_options)
+    with pytest.raises(ValueError, match="SageAttention runs on NVIDIA GPUs"):
+        with_attention(flux, "sage")
+    assert repr(flux.model_options) == options
+
+
+def test_sage_runs_every_attention_call_of_this_model_only(flux, monkeypatch):
+    # SageAttention's kernels need an NVIDIA GPU: stand in for the kernel (delegating to SDPA) and skip the GPU check.
+    import comfy.ldm.modules.attention as comfy_attention
+
+    from fastlane.compilers import attention
+
+    calls = []
+
+    def sage_kernel(q, k, v, heads, *args, **kwargs):
+        calls.append(q.shape)
+        return comfy_attention.attention_pytorch(q, k, v, heads, *args, **kwargs)
+
+    monkeypatch.setattr(comfy_attention, "attention_sage", sage_kernel, raising=False)
+    monkeypatch.setattr(attention, "_check_sage", lambda device: None)
+    reference = sample(flux, steps=3)
+    out = sample(with_attention(flux, "sage"), steps=3)
+    assert len(calls) == 3 * (2 + 2)
+    assert torch.allclose(out, reference, atol=1e-4, rtol=1e-4)
+    calls.clear()
+    sample(flux, steps=3)
+    assert calls == []  # the received MODEL keeps ComfyUI's attention
 
 
 def test_compiled_blocks_trace_the_kernel_choice_without_breaks(flux):
