@@ -122,10 +122,19 @@ def linear_table(compile_too: bool) -> list[dict]:
         xq, xs = __import__("quantizers.fp8_scaled", fromlist=["quantize_rows"]).quantize_rows(x)
         flops = 2 * m * k * n
         row = {"linear": label, "mkn": [m, k, n]}
+        # one scale per tensor: cuBLASLt's fp8 kernels (row-wise scales run a CUTLASS kernel in torch 2.11)
+        amax_w, amax_x = w.abs().max().float(), x.abs().max().float()
+        wq_t, ws_t = (w.float() * (448.0 / amax_w)).to(torch.float8_e4m3fn), (amax_w / 448.0)
+        xq_t, xs_t = (x.float() * (448.0 / amax_x)).to(torch.float8_e4m3fn), (amax_x / 448.0)
         cases = {
             "bf16 F.linear": lambda: F.linear(x, w, bias),
             "fp8 _scaled_mm only (x pre-quantized)": lambda: torch._scaled_mm(
                 xq, fp8.weight.t(), scale_a=xs, scale_b=fp8.weight_scale, bias=fp8.bias, out_dtype=torch.bfloat16),
+            "fp8 rowwise fast-accum (x pre-quantized)": lambda: torch._scaled_mm(
+                xq, fp8.weight.t(), scale_a=xs, scale_b=fp8.weight_scale, bias=fp8.bias, out_dtype=torch.bfloat16,
+                use_fast_accum=True),
+            "fp8 tensorwise fast-accum (x pre-quantized)": lambda: torch._scaled_mm(
+                xq_t, wq_t.t(), scale_a=xs_t, scale_b=ws_t, bias=bias, out_dtype=torch.bfloat16, use_fast_accum=True),
             "fp8 module eager (quantize x + mm)": lambda: fp8(x),
         }
         if compile_too:
