@@ -46,3 +46,9 @@ row("fp8sm+compile_regional_autotune", families=("flux", "sdxl"), heavy=True,
     note="fp8_scaled_mm then Fastlane Compile regional, mode max-autotune-no-cudagraphs")(
     lambda m: node("FastlaneCompile", node("FastlaneQuantize", m, scheme="fp8_scaled_mm"),
                    mode="max-autotune-no-cudagraphs"))
+
+# SDXL: the flags on the stack that pays there (whole UNet, CUDA graphs). conv_1x1_as_mm is the UNet-only one.
+for _name in ("conv_1x1_as_mm", "coordinate_descent"):
+    row(f"compile_whole_ro+{_name}", families=("sdxl",), heavy=True,
+        note=f"Fastlane Compile whole, reduce-overhead, with inductor {FLAGS[_name]}")(
+        lambda m, _v=FLAGS[_name]: _with_flags(node("FastlaneCompile", m, scope="whole", mode="reduce-overhead"), _v))
