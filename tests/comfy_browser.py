@@ -38,14 +38,16 @@ class ComfyPage:
         self.page = page
         self.url = url
         self.console_errors: list[str] = []
-        #: (url, status, content type) of every image the page fetched through /view
-        self.viewed: list[tuple[str, int, str]] = []
+        #: (url, status, content type) of every response the page got from the server's API
+        self.responses: list[tuple[str, int, str]] = []
         page.on("console", lambda m: self.console_errors.append(m.text) if m.type == "error" else None)
-        page.on("response", self._record_view)
+        page.on("response", lambda r: self.responses.append((r.url, r.status, r.headers.get("content-type", "")))
+                if "/api/" in r.url else None)
 
-    def _record_view(self, response: Any) -> None:
-        if "/view?" in response.url:
-            self.viewed.append((response.url, response.status, response.headers.get("content-type", "")))
+    @property
+    def viewed(self) -> list[tuple[str, int, str]]:
+        """The images the page fetched through /view (what the canvas shows of a run's outputs)."""
+        return [r for r in self.responses if "/view?" in r[0]]
 
     def open(self) -> None:
         self.page.goto(self.url + "/", wait_until="networkidle")
@@ -69,6 +71,17 @@ class ComfyPage:
         """The card titles the templates browser shows for the open category (the workflow file names)."""
         titles = self.page.locator(".p-dialog h3[title]")
         return sorted(titles.nth(i).get_attribute("title") for i in range(titles.count()))
+
+    def template_thumbnails(self, category: str = PACK_NAME) -> dict[str, tuple[int, str]]:
+        """Thumbnail file name -> (HTTP status, content type) of each card image the templates browser fetched for
+        ``category``, after scrolling through the whole grid (cards load their image when they come into view)."""
+        grid = self.page.locator(".p-dialog h3[title]")
+        for i in range(grid.count()):
+            grid.nth(i).scroll_into_view_if_needed()
+        self.page.wait_for_timeout(1000)
+        prefix = f"/workflow_templates/{category}/"
+        return {url.split(prefix, 1)[1]: (status, kind) for url, status, kind in self.responses
+                if prefix in url and not url.endswith(".json")}
 
     def load_template(self, name: str) -> None:
         """Click a template's card; returns once its graph is the open workflow."""
@@ -141,15 +154,27 @@ class ComfyPage:
         self.page.evaluate("() => app.extensionManager.setting.set('Comfy.Minimap.Visible', false)")
         self.page.wait_for_timeout(500)
 
-    def frame_nodes(self, node_ids: list[int], scale: float = 0.85) -> None:
-        """Scroll and zoom the canvas so these nodes fill the view (for a readable screenshot)."""
-        self.page.evaluate("""([ids, scale]) => {
+    def frame_nodes(self, node_ids: list[int], scale: float | None = None,
+                    box: tuple[int, int, int, int] | None = None) -> None:
+        """Scroll and zoom the canvas onto these nodes: at ``scale`` from the top-left of the canvas area, or (no
+        scale) fitted and centred into ``box`` = (x, y, width, height) in page pixels."""
+        self.page.evaluate("""([ids, scale, box]) => {
             const nodes = ids.map(id => app.graph.getNodeById(id));
-            const x = Math.min(...nodes.map(n => n.pos[0])), y = Math.min(...nodes.map(n => n.pos[1]));
-            app.canvas.ds.scale = scale;
-            app.canvas.ds.offset = [80 / scale - x, 110 / scale - y];  // clear of the sidebar and the tab bar
+            const title = LiteGraph.NODE_TITLE_HEIGHT;
+            const x0 = Math.min(...nodes.map(n => n.pos[0])), y0 = Math.min(...nodes.map(n => n.pos[1] - title));
+            const x1 = Math.max(...nodes.map(n => n.pos[0] + n.size[0]));
+            const y1 = Math.max(...nodes.map(n => n.pos[1] + n.size[1]));
+            const ds = app.canvas.ds;
+            if (scale) {
+                ds.scale = scale;
+                ds.offset = [80 / scale - x0, 110 / scale - y0];  // clear of the sidebar and the tab bar
+            } else {
+                const [bx, by, bw, bh] = box;
+                ds.scale = Math.min(bw / (x1 - x0), bh / (y1 - y0)) * 0.94;
+                ds.offset = [(bx + bw / 2) / ds.scale - (x0 + x1) / 2, (by + bh / 2) / ds.scale - (y0 + y1) / 2];
+            }
             app.canvas.setDirty(true, true);
-        }""", [node_ids, scale])
+        }""", [node_ids, scale, list(box) if box else None])
         self.page.wait_for_timeout(800)
 
 

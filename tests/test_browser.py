@@ -59,6 +59,8 @@ def nodes_by_type(ui, class_type: str) -> list[dict]:
 def test_templates_browser_lists_the_pack_workflows(ui):
     ui.open_templates(PACK_NAME)
     assert ui.template_names() == UI_WORKFLOWS  # the UI files only: the API twins live in workflows/api/
+    # each card fetched its workflow's thumbnail (workflows/<name>.jpg) instead of showing the blank placeholder
+    assert ui.template_thumbnails() == {f"{name}.jpg": (200, "image/jpeg") for name in UI_WORKFLOWS}
 
 
 def test_each_template_loads_with_our_nodes_and_widgets(ui):
@@ -109,7 +111,7 @@ def test_queueing_the_demo_comparison_shows_the_report(ui, tmp_path):
         image = ui.node_images(node_id)[0]
         assert image["type"] == "output" and image["filename"].endswith(".png")
     ui.close_banners()
-    ui.frame_nodes([n["id"] for n in nodes_by_type(ui, "KSampler")] + [report_id] + save_ids)
+    ui.frame_nodes([n["id"] for n in nodes_by_type(ui, "KSampler")] + [report_id] + save_ids, scale=0.85)
     # The canvas fetches an image through /view when it draws its node: the framed plot and both samples.
     expected = {"demo_plot", "demo_fastlane", "demo_baseline"}
     for _ in range(40):

@@ -52,6 +52,9 @@ def test_every_workflow_has_both_formats():
         assert ui_twin(api_file).exists()
     ui_files = set(WORKFLOWS.glob("*.json"))
     assert ui_files == {ui_twin(p) for p in API_FILES}
+    # the templates browser's thumbnail beside each (scripts/make_thumbnails.py), and nothing else in the folder
+    assert set(WORKFLOWS.glob("*.jpg")) == {p.with_suffix(".jpg") for p in ui_files}
+    assert {p.name for p in WORKFLOWS.iterdir()} == {p.name for p in ui_files} | {f"{p.stem}.jpg" for p in ui_files} | {"api"}
 
 
 @pytest.mark.parametrize("api_file", API_FILES, ids=lambda p: p.name)
