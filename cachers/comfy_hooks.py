@@ -20,6 +20,9 @@ from .session import Call, StepCache
 
 HOLDER_KEY = "fastlane_cache"
 RECORDER_KEY = "fastlane_recorder"  # set by the benchmark node; told which calls were computed
+# Set by Fastlane Compile (scope whole) for the call: ``compile_fn(cls, attr)`` gives ``cls.attr`` compiled with the
+# node's settings, so an adapter that runs part of the model itself (SDXL DeepCache's shallow pass) runs it compiled.
+COMPILE_FN_KEY = "fastlane_compile_fn"
 WRAPPER_KEY = "fastlane_cache"
 log = logging.getLogger("fastlane")
 

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..cachers.comfy_hooks import COMPILE_FN_KEY
 from . import conds, regions
 
 KEY = "fastlane_compile"
@@ -270,11 +271,14 @@ class Compiler:
         if self.spec.mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()
         remove, path, eager = self._install(base, options)
+        if path == "whole":  # a step cache that runs part of the model itself (SDXL DeepCache) compiles that too
+            options[COMPILE_FN_KEY] = self._compiled_fn
         graphs, seconds = _graph_count(), _compile_seconds()
         try:
             return executor(*args, **kwargs)
         finally:
             remove()
+            options.pop(COMPILE_FN_KEY, None)
             if override is not None:
                 options.pop("optimized_attention_override", None)
             self._account(path, eager, _graph_count() - graphs, _compile_seconds() - seconds)

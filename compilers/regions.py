@@ -89,10 +89,13 @@ def _unet_family() -> Family:
         return {k: options[k] for k in ("optimized_attention_override",) if k in options}
 
     def block_patched(options: dict) -> bool:
+        # Fastlane DeepCache's capture patch is marked safe: it copies a tensor and decides nothing (its cached
+        # calls never enter _forward), so the whole UNet still compiles to one graph with it.
         patches = options.get("patches", {})
         return bool(options.get("patches_replace")) or any(
-            k in patches for k in ("input_block_patch", "input_block_patch_after_skip", "output_block_patch",
-                                   "middle_block_patch", "forward_timestep_embed_patch"))
+            not getattr(p, "fastlane_whole_compile_safe", False)
+            for k in ("input_block_patch", "input_block_patch_after_skip", "output_block_patch",
+                      "middle_block_patch", "forward_timestep_embed_patch") for p in patches.get(k, ()))
 
     def regions(dm):
         return [m for m in dm.modules() if type(m) in (attention.BasicTransformerBlock, unet.ResBlock)]

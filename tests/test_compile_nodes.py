@@ -269,3 +269,59 @@ def test_replaces_an_upstream_core_torch_compile(flux):
     assert core.get_wrappers(WrappersMP.APPLY_MODEL, "torch.compile")  # the received MODEL keeps its own
     sample(model, steps=2)
     assert new_graphs() == 2
+
+
+def deepcache(model, interval=3, branch=0):
+    return NODE["FastlaneDeepCache"].execute(model=model, interval=interval, branch=branch, **ALL).result[0]
+
+
+def run_sdxl(model, tokens=8, steps=9, size=8):
+    return sample(model, steps=steps, cfg=2.0, latent=torch.zeros(1, 4, size, size),
+                  positive=sdxl_conditioning(1, tokens=tokens), negative=sdxl_conditioning(2, tokens=tokens))
+
+
+@pytest.fixture(scope="module")
+def sdxl():
+    return tiny_sdxl()
+
+
+@pytest.mark.parametrize("compile_first", [True, False], ids=["compile-then-deepcache", "deepcache-then-compile"])
+def test_sdxl_whole_scope_stacks_with_deepcache(sdxl, compile_first, caplog):
+    # DeepCache's only block patch hands out a tensor: the computed steps run one whole-UNet graph, the cached steps
+    # one graph of the shallow blocks (CUDA graphs with mode reduce-overhead on a GPU); the cache state stays in
+    # Python between them.
+    caplog.set_level("INFO", logger="fastlane")
+    reference = run_sdxl(deepcache(sdxl))
+    model = deepcache(compiled(sdxl, scope="whole")) if compile_first else compiled(deepcache(sdxl), scope="whole")
+    assert close(run_sdxl(model), reference)  # the deep feature is cached and reused as without compile
+    assert "compiled per block instead" not in caplog.text
+    assert graph_breaks() == 0
+    assert new_graphs() == 2  # the full pass and the shallow pass
+    run_sdxl(model, tokens=20, steps=7)  # another prompt length, another step count
+    assert new_graphs() == 0
+    run_sdxl(model, size=16)  # another resolution: a bounded recompile of both
+    assert new_graphs() == 2
+    assert fastlane_compiler(model).report()["last_run"] is not None
+    assert {attr for _, attr in fastlane_compiler(model)._compiled} == {"_forward", "shallow_forward"}
+    assert not close(run_sdxl(compiled(sdxl, scope="whole")), reference)  # (caching does change the result here)
+
+
+def test_sdxl_whole_scope_with_deepcache_computing_every_step_is_plain_whole_compile(sdxl):
+    plain = run_sdxl(compiled(sdxl, scope="whole"), steps=4)
+    model = compiled(deepcache(sdxl, interval=1), scope="whole")
+    assert close(run_sdxl(model, steps=4), plain, 1e-6)
+    assert list(fastlane_compiler(model)._compiled) == [(type(sdxl.model.diffusion_model), "_forward")]  # no shallow
+
+
+def test_sdxl_whole_scope_yields_to_other_block_patches(sdxl, caplog):
+    caplog.set_level("INFO", logger="fastlane")
+
+    def with_patch(model):
+        patched = model.clone()
+        patched.set_model_input_block_patch(lambda h, options: h * 1.01)
+        return patched
+
+    reference = run_sdxl(deepcache(with_patch(sdxl)))
+    out = run_sdxl(compiled(deepcache(with_patch(sdxl)), scope="whole"))
+    assert "compiled per block instead" in caplog.text
+    assert close(out, reference)

@@ -103,7 +103,7 @@ def test_compute_every_step_is_bit_identical_to_no_cache(sdxl, sampler):
 
 
 class _Call:
-    """Stands in for a cacher Call: keeps what the capture patch stores, and serves it back."""
+    """Stands in for a cacher Call: keeps the feature the capture patch handed out, and serves it back."""
 
     compute = True
 
@@ -163,10 +163,13 @@ def test_the_shallow_path_is_the_full_unet_when_fed_its_own_deep_feature(sdxl, b
 
     call = _Call()
     with torch.no_grad():
-        full = unet(x, t, context, y, control=control(), transformer_options=options(call))
+        full_options = options(call)
+        full = unet(x, t, context, y, control=control(), transformer_options=full_options)
+        call.store("deep", full_options["fastlane_deep_feature"])  # what the cacher's wrapper does after a full pass
         full_seen, seen[:] = list(seen), []
         call.compute = False
-        shallow = SDXLAdapter(branch).shallow_forward(unet, call, x, t, context, y, control(), options(call))
+        shallow = SDXLAdapter(branch).shallow_forward(unet, call.forecast("deep"), x, t, context, y, control(),
+                                                      options(call))
     assert torch.equal(shallow, full)
     b, n = branch + 2, len(unet.output_blocks)
     live = [s for s in full_seen if (s[0][0] == "input" and s[0][1] < b) or (s[0][0] == "output" and s[0][1] >= n - b)]

@@ -7,8 +7,12 @@ ComfyUI's UNet runs ``input_blocks`` (each output pushed on the skip list ``hs``
 - ``deep`` (DeepCache): a *branch* splits the UNet into a shallow part (input blocks ``0..b-1`` and the output blocks
   that consume their skips, ``n-b..n-1``, with ``b = branch + 2``; branch 0 is DeepCache's shallowest branch: the
   input conv and the first res block) and everything deeper. On computed steps ComfyUI's own ``_forward`` runs, and
-  an ``output_block_patch`` placed first in the list keeps the deep feature ``h`` entering output block ``n-b``,
-  before the other patches touch it. On cached steps the adapter runs the shallow part itself, with the model's
+  an ``output_block_patch`` placed first in the list hands out (through ``transformer_options``) a copy of the deep
+  feature ``h`` entering output block ``n-b``, before the other patches touch it; the call's wrapper stores it in the
+  cache once ``_forward`` has returned. The patch itself is a pure tensor copy with no cache logic, so Fastlane
+  Compile's whole-model graph (and its CUDA graphs) can trace it: computed steps then run one compiled graph, cached
+  steps another (the shallow pass, offered compiled by Fastlane Compile), while the cache state (storing, Taylor
+  forecasts) stays in Python between them. On cached steps the adapter runs the shallow part itself, with the model's
   own modules and ComfyUI's ``forward_timestep_embed``, takes ``h`` from the cache (reused, or Taylor-forecast
   with order > 0) and never calls the deep blocks. Honoured on that path: ``emb_patch``, ``input_block_patch``,
   ``input_block_patch_after_skip``, ``output_block_patch``, ``forward_timestep_embed_patch``, attention patches
@@ -35,10 +39,11 @@ from comfy.ldm.modules.attention import SpatialTransformer, SpatialVideoTransfor
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel, apply_control, forward_timestep_embed
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 
-from ..comfy_hooks import current_call
+from ..comfy_hooks import COMPILE_FN_KEY, transformer_options_of
 from ..session import Call, StepCache
 
 DEEP = "deep"
+DEEP_FEATURE_KEY = "fastlane_deep_feature"  # transformer_options key the capture patch hands the feature out under
 FIRST_BRANCH_BLOCKS = 2  # branch 0 keeps input blocks 0 and 1 (conv_in, first res block) live, like DeepCache's
 
 
@@ -88,15 +93,32 @@ class SDXLAdapter:
         patches["output_block_patch"] = [_capture_patch(first_cached_out), *patches.get("output_block_patch", [])]
 
     def run_call(self, cache: StepCache, call: Call, executor, args: tuple, kwargs: dict) -> torch.Tensor:
-        """The diffusion-model call: ComfyUI's own UNet on computed calls, the shallow part on cached ones."""
-        if call.compute or cache.granularity != DEEP:
+        """The diffusion-model call: ComfyUI's own UNet on computed calls (storing the deep feature its capture patch
+        handed out), the shallow part on cached ones."""
+        if cache.granularity != DEEP:
             return executor(*args, **kwargs)
-        return self.shallow_forward(executor.class_obj, call, *args, **kwargs)
+        options = transformer_options_of(args, kwargs)
+        try:
+            if not call.compute:
+                compile_fn = options.get(COMPILE_FN_KEY)
+                shallow = type(self).shallow_forward if compile_fn is None else compile_fn(type(self), "shallow_forward")
+                return shallow(self, executor.class_obj, call.forecast(DEEP), *args, **kwargs)
+            out = executor(*args, **kwargs)
+            feature = options.get(DEEP_FEATURE_KEY)
+            if feature is None:
+                raise RuntimeError("Fastlane DeepCache: the UNet ran without reaching its capture point (another node "
+                                   "replaced the UNet's forward?); use granularity 'output'")
+            # a copy again: out of a CUDA graph, the feature lives in memory the graph's next replay overwrites
+            call.store(DEEP, feature.clone())
+            return out
+        finally:
+            options.pop(DEEP_FEATURE_KEY, None)
 
-    def shallow_forward(self, unet: UNetModel, call: Call, x, timesteps=None, context=None, y=None, control=None,
-                        transformer_options=None, **kwargs) -> torch.Tensor:
-        """``UNetModel._forward`` (ComfyUI 0.3.x) restricted to the shallow blocks, with the deep feature from the
-        cache; kept line for line with the original so that every patch sees what a full pass would show it."""
+    def shallow_forward(self, unet: UNetModel, deep_feature: torch.Tensor, x, timesteps=None, context=None, y=None,
+                        control=None, transformer_options=None, **kwargs) -> torch.Tensor:
+        """``UNetModel._forward`` (ComfyUI 0.3.x) restricted to the shallow blocks, with ``deep_feature`` (from the
+        cache) in place of the deep blocks' output; kept line for line with the original so that every patch sees
+        what a full pass would show it. Tensors in, tensor out: Fastlane Compile can trace it as one graph."""
         transformer_options = {} if transformer_options is None else transformer_options
         shallow = self.shallow_blocks(unet)
         n_out = len(unet.output_blocks)
@@ -140,7 +162,7 @@ class SDXLAdapter:
             for _ in range(first_cached_out):  # the residuals of the deep skips (ComfyUI pops one per output block)
                 if control["output"]:
                     control["output"].pop()
-        h = call.forecast(DEEP)
+        h = deep_feature
 
         for id in range(first_cached_out, n_out):
             transformer_options["block"] = ("output", id)
@@ -161,11 +183,12 @@ class SDXLAdapter:
 
 def _capture_patch(first_cached_out: int):
     def fastlane_deep_capture(h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict):
-        call = current_call(transformer_options)
-        if call is not None and call.compute and transformer_options.get("block") == ("output", first_cached_out):
-            call.store(DEEP, h.clone())  # a copy: later output_block_patches (FreeU) may write into h in place
+        if transformer_options.get("block") == ("output", first_cached_out):
+            # a copy: later output_block_patches (FreeU) may write into h in place
+            transformer_options[DEEP_FEATURE_KEY] = h.clone()
         return h, hsp
 
+    fastlane_deep_capture.fastlane_whole_compile_safe = True  # pure: a whole-model compile may trace it
     return fastlane_deep_capture
 
 
