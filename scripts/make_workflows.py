@@ -220,9 +220,12 @@ def sdxl_baseline() -> Workflow:
 
 
 def sdxl_balanced() -> Workflow:
-    return _sdxl_base(_chain(("FastlaneDeepCache", {"interval": 3, "branch": 0, "start": 0.0, "end": 1.0})),
+    return _sdxl_base(_chain(("FastlaneDeepCache", {"interval": 3, "branch": 0, "start": 0.0, "end": 1.0}),
+                             ("FastlaneCompile", COMPILE_WHOLE_CUDA_GRAPHS)),
                       "SDXL balanced", "## SDXL, balanced\n\n**DeepCache interval 3**: the deep UNet runs on every "
-                      "third step, the shallow blocks on every step.\n\n"
+                      "third step, the shallow blocks on every step → **Compile** scope whole, mode reduce-overhead "
+                      "(both kinds of step as CUDA graphs; NVIDIA GPUs only, delete the Compile node elsewhere; the "
+                      "first run compiles for about two minutes).\n\n"
                       f"{SDXL_FILES_TEXT}\n\nSpeed: {FIGURES}.", "fastlane-sdxl-balanced")
 
 
