@@ -219,25 +219,26 @@ def sdxl_baseline() -> Workflow:
                       f"reference for the other Fastlane SDXL workflows.\n\n{SDXL_FILES_TEXT}", "fastlane-sdxl-baseline")
 
 
-def sdxl_balanced() -> Workflow:
-    return _sdxl_base(_chain(("FastlaneDeepCache", {"interval": 3, "branch": 0, "start": 0.0, "end": 1.0}),
+CUDA_GRAPHS_TEXT = ("→ **Compile** scope whole, mode reduce-overhead: the computed steps and the cached (shallow) "
+                    "steps each run as one CUDA graph, which removes the CPU's kernel launches that bound an SDXL "
+                    "step. NVIDIA GPUs only (delete the Compile node elsewhere). The first run at a new size compiles "
+                    "for about two minutes; queue it twice.")
+
+
+def _sdxl_deepcache_compiled(interval: int, tier: str, what: str) -> Workflow:
+    """DeepCache at ``interval`` then Fastlane Compile whole with CUDA graphs."""
+    return _sdxl_base(_chain(("FastlaneDeepCache", {"interval": interval, "branch": 0, "start": 0.0, "end": 1.0}),
                              ("FastlaneCompile", COMPILE_WHOLE_CUDA_GRAPHS)),
-                      "SDXL balanced", "## SDXL, balanced\n\n**DeepCache interval 3**: the deep UNet runs on every "
-                      "third step, the shallow blocks on every step → **Compile** scope whole, mode reduce-overhead "
-                      "(both kinds of step as CUDA graphs; NVIDIA GPUs only, delete the Compile node elsewhere; the "
-                      "first run compiles for about two minutes).\n\n"
-                      f"{SDXL_FILES_TEXT}\n\nSpeed: {FIGURES}.", "fastlane-sdxl-balanced")
+                      f"SDXL {tier}", f"## SDXL, {tier}\n\n**DeepCache interval {interval}** ({what}) "
+                      f"{CUDA_GRAPHS_TEXT}\n\n{SDXL_FILES_TEXT}\n\nSpeed: {FIGURES}.", f"fastlane-sdxl-{tier}")
+
+
+def sdxl_balanced() -> Workflow:
+    return _sdxl_deepcache_compiled(3, "balanced", "the deep UNet on every third step")
 
 
 def sdxl_fastest() -> Workflow:
-    return _sdxl_base(_chain(("FastlaneDeepCache", {"interval": 5, "branch": 0, "start": 0.0, "end": 1.0}),
-                             ("FastlaneCompile", COMPILE_WHOLE_CUDA_GRAPHS)),
-                      "SDXL fastest", "## SDXL, fastest\n\n**DeepCache interval 5** (its defaults) → **Compile** "
-                      "scope whole, mode reduce-overhead: the computed steps and the cached (shallow) steps each run "
-                      "as one CUDA graph, which removes the CPU's kernel launches that bound an SDXL step. NVIDIA "
-                      "GPUs only (delete the Compile node elsewhere). The first run compiles for about two minutes; "
-                      "queue it twice.\n\n"
-                      f"{SDXL_FILES_TEXT}\n\nSpeed: {FIGURES}.", "fastlane-sdxl-fastest")
+    return _sdxl_deepcache_compiled(5, "fastest", "its defaults: the deep UNet on every fifth step")
 
 
 def _compare(accelerated: Workflow, name: str, title: str, note: str) -> Workflow:
