@@ -9,7 +9,7 @@ machine's network is closed; without them it retries Google's hosts at every sta
         ui.open_templates("comfyui-fastlane")
         ui.template_names()                   # what the templates browser lists
         ui.load_template("fastlane-demo-compare")
-        ui.run_and_wait(lambda: ui.node_text(16), "speed-up")
+        ui.run_and_wait(lambda: "speed-up" in ui.node_text(16))   # press Run, wait for the report
 """
 from __future__ import annotations
 
@@ -37,10 +37,8 @@ class ComfyPage:
     def __init__(self, page: Any, url: str) -> None:
         self.page = page
         self.url = url
-        self.console_errors: list[str] = []
         #: (url, status, content type) of every response the page got from the server's API
         self.responses: list[tuple[str, int, str]] = []
-        page.on("console", lambda m: self.console_errors.append(m.text) if m.type == "error" else None)
         page.on("response", lambda r: self.responses.append((r.url, r.status, r.headers.get("content-type", "")))
                 if "/api/" in r.url else None)
 
