@@ -2,8 +2,6 @@
 # "productionizing diffusion" recipes set, one at a time, on the FLUX fp8 + regional-compile stack. Each row sets
 # its flag only while its own sampling runs (OUTER_SAMPLE wrapper), so the compile of that row sees it and later
 # rows do not. Exec'd by run.py with `row`, `node`, `CTX`, `RowSkipped` in scope.
-import contextlib
-
 FLAGS = {
     "coordinate_descent": {"coordinate_descent_tuning": True, "coordinate_descent_check_all_directions": True},
     "no_epilogue_fusion": {"epilogue_fusion": False},
@@ -12,18 +10,11 @@ FLAGS = {
 }
 
 
-@contextlib.contextmanager
 def _inductor_config(values):
+    """Inductor's own patch context: accepts dotted keys such as "triton.enable_persistent_tma_matmul"."""
     import torch._inductor.config as config
 
-    saved = {k: getattr(config, k) for k in values}
-    try:
-        for k, v in values.items():
-            setattr(config, k, v)
-        yield
-    finally:
-        for k, v in saved.items():
-            setattr(config, k, v)
+    return config.patch(values)
 
 
 def _with_flags(model, values):
@@ -52,3 +43,14 @@ for _name in ("conv_1x1_as_mm", "coordinate_descent"):
     row(f"compile_whole_ro+{_name}", families=("sdxl",), heavy=True,
         note=f"Fastlane Compile whole, reduce-overhead, with inductor {FLAGS[_name]}")(
         lambda m, _v=FLAGS[_name]: _with_flags(node("FastlaneCompile", m, scope="whole", mode="reduce-overhead"), _v))
+
+# max-autotune with Hopper's persistent TMA matmul templates among the candidates (off by default in torch 2.11),
+# on the lossless bf16 stack and on the fp8 one.
+TMA = {"triton.enable_persistent_tma_matmul": True}
+row("compile_regional_autotune+tma", families=("flux",), heavy=True,
+    note=f"Fastlane Compile regional, mode max-autotune-no-cudagraphs, inductor {TMA}")(
+    lambda m: _with_flags(node("FastlaneCompile", m, mode="max-autotune-no-cudagraphs"), TMA))
+row("fp8sm+compile_regional_autotune+tma", families=("flux",), heavy=True,
+    note=f"fp8_scaled_mm then Fastlane Compile regional, mode max-autotune-no-cudagraphs, inductor {TMA}")(
+    lambda m: _with_flags(node("FastlaneCompile", node("FastlaneQuantize", m, scheme="fp8_scaled_mm"),
+                                mode="max-autotune-no-cudagraphs"), TMA))
