@@ -414,3 +414,39 @@ def test_auto_picks_deep_for_sdxl_and_one_cacher_per_chain(sdxl):
     assert fora(sdxl, 2).model_options["transformer_options"]["fastlane_cache"].granularity == "deep"
     with pytest.raises(ValueError, match="already has a Fastlane cacher"):
         fora(deepcache(sdxl, 3), 2)
+
+
+def test_a_graph_replay_reusing_the_feature_memory_does_not_corrupt_the_cache(sdxl):
+    # Under CUDA graphs (Compile whole, reduce-overhead) the deep feature comes out of the graph in memory that a later
+    # replay overwrites. CPU stand-in: the feature is handed out in one static buffer, and the "shallow graph" of a
+    # cached step scribbles over that buffer before it runs. The cache must hold its own copy.
+    from comfy.patcher_extension import WrappersMP
+
+    from fastlane.cachers.adapters.sdxl import DEEP_FEATURE_KEY
+    from fastlane.cachers.comfy_hooks import COMPILE_FN_KEY, transformer_options_of
+
+    reference = run(deepcache(sdxl), steps=7)
+    static = {}
+
+    def feature_in_a_static_buffer(executor, *args, **kwargs):
+        out = executor(*args, **kwargs)
+        options = transformer_options_of(args, kwargs)
+        buffer = static.setdefault("buffer", torch.empty_like(options[DEEP_FEATURE_KEY]))
+        options[DEEP_FEATURE_KEY] = buffer.copy_(options[DEEP_FEATURE_KEY])
+        return out
+
+    def compile_fn(cls, attr):
+        shallow = getattr(cls, attr)
+
+        def replay(self, unet, deep_feature, *args, **kwargs):
+            static["buffer"].fill_(float("nan"))
+            return shallow(self, unet, deep_feature, *args, **kwargs)
+
+        return replay
+
+    model = deepcache(sdxl).clone()
+    model.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, "test_static_buffer", feature_in_a_static_buffer)
+    model.model_options["transformer_options"][COMPILE_FN_KEY] = compile_fn
+    out = run(model, steps=7)
+    assert "buffer" in static  # the stand-in did run inside the cacher's call
+    assert torch.equal(out, reference)
