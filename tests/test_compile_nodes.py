@@ -306,6 +306,17 @@ def test_sdxl_whole_scope_stacks_with_deepcache(sdxl, compile_first, caplog):
     assert not close(run_sdxl(compiled(sdxl, scope="whole")), reference)  # (caching does change the result here)
 
 
+def test_sdxl_whole_scope_with_deepcache_leaves_the_received_model_unchanged(sdxl):
+    before = run_sdxl(sdxl, steps=4)
+    options, wrappers = repr(sdxl.model_options), repr(sdxl.wrappers)
+    run_sdxl(compiled(deepcache(sdxl), scope="whole"), steps=4)
+    assert repr(sdxl.model_options) == options and repr(sdxl.wrappers) == wrappers
+    assert "_forward" not in sdxl.model.diffusion_model.__dict__  # the per-call override is gone
+    counters.clear()
+    assert torch.equal(run_sdxl(sdxl, steps=4), before)
+    assert new_graphs() == 0  # and the received model runs eagerly, uncached
+
+
 def test_sdxl_whole_scope_with_deepcache_computing_every_step_is_plain_whole_compile(sdxl):
     plain = run_sdxl(compiled(sdxl, scope="whole"), steps=4)
     model = compiled(deepcache(sdxl, interval=1), scope="whole")
