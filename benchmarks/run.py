@@ -390,8 +390,8 @@ def _attention(model, backend):
     return node("FastlaneAttention", model, backend=backend)
 
 
-def _quantized(model, scheme):
-    return node("FastlaneQuantize", model, scheme=scheme)
+def _quantized(model, scheme, few_rows="16-bit"):
+    return node("FastlaneQuantize", model, scheme=scheme, few_row_linears=few_rows)
 
 
 for _name, _families, _heavy, _make, _note in [
@@ -443,6 +443,11 @@ for _name, _families, _heavy, _make, _note in [
      "Fastlane Quantize fp8_scaled_mm (torch._scaled_mm, per-row/per-token), eager"),
     ("fp8sm+compile_regional", ("flux", "sdxl"), True, lambda m: _compiled(_quantized(m, "fp8_scaled_mm")),
      "fp8_scaled_mm then Fastlane Compile regional"),
+    ("fp8sm_fewfp8", ("flux",), False, lambda m: _quantized(m, "fp8_scaled_mm", "fp8 weights"),
+     "fp8_scaled_mm with the few-row Linears' weights in fp8 too (their inputs stay 16-bit), eager"),
+    ("fp8sm_fewfp8+compile_regional", ("flux",), True,
+     lambda m: _compiled(_quantized(m, "fp8_scaled_mm", "fp8 weights")),
+     "fp8_scaled_mm with the few-row Linears' weights in fp8 too, then Fastlane Compile regional"),
     ("fp8sm+attn_cudnn+compile_regional", ("flux", "sdxl"), True,
      lambda m: _compiled(_attention(_quantized(m, "fp8_scaled_mm"), "cudnn")),
      "fp8_scaled_mm, cuDNN attention, Fastlane Compile regional"),

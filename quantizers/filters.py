@@ -9,6 +9,9 @@ Presets on top of that:
 - ``norm+embedding``: also keep Linears named like a norm or an embedding, and the model's entry and exit
   projections (FLUX ``img_in``/``txt_in``/``final_layer``); the usual "sensitive layers" recipe;
 - ``regex``: also keep every Linear whose qualified name (inside the diffusion model) matches the regex.
+
+The few-row Linears can instead have their *weights* stored in fp8 (``few_rows="fp8 weights"``; activations stay
+16-bit, so no activation-quantized kernel ever runs on them): a memory saving, see ``fp8_weight_only.py``.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from typing import Callable
 import torch
 
 PRESETS = ("none", "norm+embedding", "regex")
+FEW_ROWS_MODES = ("16-bit", "fp8 weights")
 
 # Names (inside diffusion_model) of Linears that see one row per image, by family, plus generic spellings.
 FEW_ROWS = re.compile("|".join([
@@ -35,6 +39,7 @@ NORM_OR_EMBEDDING = re.compile(r"norm|emb|(^|\.)(img_in|txt_in|final_layer)(\.|$
 @dataclass
 class Selection:
     targets: list[str] = field(default_factory=list)
+    weights_only: list[str] = field(default_factory=list)  # few-row Linears whose weights go fp8
     skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> names
 
     def skip(self, reason: str, name: str) -> None:
@@ -42,16 +47,20 @@ class Selection:
 
     def summary(self) -> str:
         parts = [f"{len(self.targets)} Linears quantized"]
+        if self.weights_only:
+            parts.append(f"{len(self.weights_only)} few-row Linears (modulation/embedders) with fp8 weights only")
         parts += [f"{len(names)} kept ({reason})" for reason, names in self.skipped.items()]
         return ", ".join(parts)
 
 
 def select(diffusion_model: torch.nn.Module, preset: str = "none", regex: str = "", fp8: bool = False,
-           original: Callable[[str, torch.nn.Module], torch.nn.Module] = lambda name, module: module) -> Selection:
+           few_rows: str = "16-bit", original: Callable[[str, torch.nn.Module], torch.nn.Module] = lambda name, module: module) -> Selection:
     """The Linears to quantize. ``original(name, module)`` maps a module that another MODEL's object patch has
     swapped in right now (a quantized copy of a clone ComfyUI has loaded) back to the original."""
     if preset not in PRESETS:
         raise ValueError(f"filter must be one of {PRESETS}, not '{preset}'")
+    if few_rows not in FEW_ROWS_MODES:
+        raise ValueError(f"few_row_linears must be one of {FEW_ROWS_MODES}, not '{few_rows}'")
     pattern = None
     if preset == "regex":
         if not regex.strip():
@@ -66,7 +75,9 @@ def select(diffusion_model: torch.nn.Module, preset: str = "none", regex: str = 
         module = original(name, module)
         if not isinstance(module, torch.nn.Linear):
             continue
-        if FEW_ROWS.search(name):
+        if FEW_ROWS.search(name) and few_rows == "fp8 weights":
+            selection.weights_only.append(name)
+        elif FEW_ROWS.search(name):
             selection.skip("runs on a few rows: modulation/embedders", name)
         elif preset == "norm+embedding" and NORM_OR_EMBEDDING.search(name):
             selection.skip("norm/embedding/entry-exit preset", name)

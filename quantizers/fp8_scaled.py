@@ -23,7 +23,36 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-class Fp8RowwiseLinear(torch.nn.Module):
+class Fp8Weights(torch.nn.Module):
+    """Base of the modules holding e4m3 ``weight`` codes with a ``weight_scale`` and an optional ``bias``."""
+
+    def tensors_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """weight, scale, bias on ``device``: if ComfyUI left this module offloaded, the fp8 copy comes along for
+        this call."""
+        weight, scale, bias = self.weight, self.weight_scale, self.bias
+        if weight.device != device:
+            weight, scale = weight.to(device, non_blocking=True), scale.to(device, non_blocking=True)
+            bias = bias.to(device, non_blocking=True) if bias is not None else None
+        return weight, scale, bias
+
+    def _apply(self, fn, recurse: bool = True):
+        # Device moves only: a dtype cast (Module.to(float16)) would turn the e4m3 codes into numbers without their
+        # scales, so each tensor keeps its dtype and follows fn's device.
+        for store in (self._parameters, self._buffers):
+            for name, t in list(store.items()):
+                if t is None:
+                    continue
+                moved = fn(t)
+                if moved.dtype != t.dtype:
+                    moved = t.to(moved.device)
+                store[name] = torch.nn.Parameter(moved, requires_grad=False) if store is self._parameters else moved
+        return self
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return self.weight.float() * self.weight_scale.reshape(-1, 1)
+
+
+class Fp8RowwiseLinear(Fp8Weights):
     """``y = x @ W.T + b`` with ``W`` in e4m3 (per-output-row scales) and ``x`` quantized per token at run time.
 
     Output is computed in bf16 (``_scaled_mm``'s row-wise mode requires it) and returned in the input's dtype.
@@ -45,31 +74,12 @@ class Fp8RowwiseLinear(torch.nn.Module):
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().to(torch.bfloat16), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, scale, bias = self.weight, self.weight_scale, self.bias
-        if weight.device != x.device:  # left offloaded by ComfyUI: bring the fp8 copy along for this call
-            weight, scale = weight.to(x.device, non_blocking=True), scale.to(x.device, non_blocking=True)
-            bias = bias.to(x.device, non_blocking=True) if bias is not None else None
+        weight, scale, bias = self.tensors_on(x.device)
         rows = x.reshape(-1, self.in_features)
         q, row_scale = quantize_rows(rows)
         out = torch._scaled_mm(q, weight.t(), scale_a=row_scale, scale_b=scale, bias=bias,
                                out_dtype=torch.bfloat16, use_fast_accum=self.fast_accum)
         return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
-
-    def _apply(self, fn, recurse: bool = True):
-        # Device moves only: a dtype cast (Module.to(float16)) would turn the e4m3 codes into numbers without their
-        # scales, so each tensor keeps its dtype and follows fn's device.
-        for store in (self._parameters, self._buffers):
-            for name, t in list(store.items()):
-                if t is None:
-                    continue
-                moved = fn(t)
-                if moved.dtype != t.dtype:
-                    moved = t.to(moved.device)
-                store[name] = torch.nn.Parameter(moved, requires_grad=False) if store is self._parameters else moved
-        return self
-
-    def dequantized_weight(self) -> torch.Tensor:
-        return self.weight.float() * self.weight_scale.reshape(-1, 1)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, " \

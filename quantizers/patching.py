@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from . import filters, schemes
-from .fp8_scaled import Fp8RowwiseLinear
+from .fp8_scaled import Fp8RowwiseLinear, Fp8Weights
+from .fp8_weight_only import Fp8WeightOnlyLinear
 
 KEY = "fastlane_quantize"
 log = logging.getLogger("fastlane")
@@ -100,25 +101,29 @@ def _compute_dtype(model) -> torch.dtype:
 
 
 def quantized_paths(model) -> set[str]:
-    return {k for k, v in model.object_patches.items() if isinstance(v, (QuantizedLinear, Fp8RowwiseLinear))}
+    return {k for k, v in model.object_patches.items() if isinstance(v, (QuantizedLinear, Fp8Weights))}
 
 
-def quantize(model, scheme_name: str, preset: str = "none", regex: str = ""):
+def quantize(model, scheme_name: str, preset: str = "none", regex: str = "", few_rows: str = "16-bit"):
     """A clone of ``model`` whose selected Linears are quantized copies; returns (clone, Report)."""
     scheme = schemes.get(scheme_name, model.load_device)
+    if few_rows == "fp8 weights" and not schemes.fp8_storage_supported(model.load_device):
+        raise ValueError(f"few_row_linears 'fp8 weights' needs an NVIDIA GPU with compute capability 8.9+ (Ada, "
+                         f"Hopper, Blackwell) or the CPU; this model runs on {model.load_device}. Keep "
+                         "few_row_linears at '16-bit' there.")
     if quantized_paths(model):
         raise ValueError("this MODEL already went through Fastlane Quantize; quantize the original MODEL once")
     dm = model.get_model_object("diffusion_model")
     backup = model.object_patches_backup  # shared by clones: the originals of object patches applied right now
-    selection = filters.select(dm, preset, regex, fp8=scheme.fp8,
+    selection = filters.select(dm, preset, regex, fp8=scheme.fp8, few_rows=few_rows,
                                original=lambda name, m: backup.get(f"diffusion_model.{name}", m))
-    if not selection.targets:
+    if not selection.targets and not selection.weights_only:
         raise ValueError(f"no Linear left to quantize ({selection.summary()}); loosen the filter")
     dtype = _compute_dtype(model)
     work_device = model.load_device
     patched = model.clone()
     linear_before = linear_after = baked = 0
-    for name in selection.targets:
+    for name in [*selection.targets, *selection.weights_only]:
         path = f"diffusion_model.{name}"
         original = model.get_model_object(path)
         tensors = {}
@@ -132,11 +137,14 @@ def quantize(model, scheme_name: str, preset: str = "none", regex: str = ""):
             baked += key in model.patches
             tensors[param] = _patched(model, key, source, dtype, work_device)
             patched.patches.pop(key, None)  # baked into the copy: ComfyUI must not apply it again
-        q = _build(scheme, original, tensors["weight"], tensors.get("bias"))
+        if name in selection.targets:
+            q = _build(scheme, original, tensors["weight"], tensors.get("bias"))
+        else:
+            q = Fp8WeightOnlyLinear(tensors["weight"], tensors.get("bias"))
         q.to(model.offload_device)
         linear_after += sum(tensor_bytes(t) for t in q.state_dict().values())
         patched.add_object_patch(path, q)
-    patched.add_wrapper_with_key(_outer_sample(), KEY, _refuse_later_patches(set(selection.targets)))
+    patched.add_wrapper_with_key(_outer_sample(), KEY, _refuse_later_patches({*selection.targets, *selection.weights_only}))
     report = Report(scheme.name, selection, linear_before, linear_after, model.model_size(), baked)
     log.info(report.text())
     return patched, report

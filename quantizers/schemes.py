@@ -79,6 +79,11 @@ def fp8_supported(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device) >= (8, 9)
 
 
+def fp8_storage_supported(device: torch.device) -> bool:
+    """Can this device run e4m3 weights through a compiled model? CPU: yes; NVIDIA: Triton reads e4m3 on 8.9+."""
+    return torch.device(device).type == "cpu" or fp8_supported(device)
+
+
 def get(name: str, device: torch.device) -> Scheme:
     """The scheme called ``name``, checked against the device the model runs on (clear error if it can't run)."""
     scheme = SCHEMES.get(name)

@@ -13,8 +13,8 @@ KEY = "diffusion_model.double_blocks.0.img_attn.qkv.weight"
 BUMP = {}
 
 
-def quantized(model, scheme="int8_weight_only", filter="none", regex=""):
-    out = NODE["FastlaneQuantize"].execute(model=model, scheme=scheme, filter=filter, regex=regex)
+def quantized(model, scheme="int8_weight_only", filter="none", regex="", **kw):
+    out = NODE["FastlaneQuantize"].execute(model=model, scheme=scheme, filter=filter, regex=regex, **kw)
     return out.result[0], out.result[1]
 
 
@@ -66,7 +66,7 @@ def test_the_received_model_is_unchanged(flux):
     assert [type(m) for m in flux.model.diffusion_model.modules()] == types_before
 
 
-def test_few_row_linears_always_stay_16_bit(flux):
+def test_few_row_linears_stay_16_bit_by_default(flux):
     model, report = quantized(flux, "int8_dynamic")
     names = quantized_names(model)
     few_rows = ["double_blocks.0.img_mod.lin", "double_blocks.1.txt_mod.lin", "single_blocks.0.modulation.lin",
@@ -74,6 +74,34 @@ def test_few_row_linears_always_stay_16_bit(flux):
     assert not names & set(few_rows)
     assert {"double_blocks.0.img_attn.qkv", "single_blocks.1.linear1", "img_in", "final_layer.linear"} <= names
     assert "kept (runs on a few rows" in report
+
+
+def test_few_row_linears_can_hold_fp8_weights_instead(flux):
+    from fastlane.quantizers.fp8_weight_only import Fp8WeightOnlyLinear
+    from fastlane.quantizers.patching import QuantizedLinear
+
+    reference = sample(flux, steps=6)
+    kept, kept_report = quantized(flux)
+    model, report = quantized(flux, few_row_linears="fp8 weights")
+    few_rows = {"double_blocks.0.img_mod.lin", "single_blocks.0.modulation.lin", "time_in.in_layer",
+                "final_layer.adaLN_modulation.1"}
+    kinds = {name: type(model.object_patches[f"diffusion_model.{name}"]) for name in quantized_names(model)}
+    assert {kinds[n] for n in few_rows} == {Fp8WeightOnlyLinear}
+    assert kinds["double_blocks.0.img_attn.qkv"] is QuantizedLinear  # the scheme still does the others
+    assert "few-row Linears (modulation/embedders) with fp8 weights only" in report
+    after = float(re.search(r"model weights [\d.]+ MB -> ([\d.]+) MB", report).group(1))
+    kept_after = float(re.search(r"model weights [\d.]+ MB -> ([\d.]+) MB", kept_report).group(1))
+    assert after < kept_after
+    out = sample(model, steps=6)
+    # e4m3 weights move this tiny random model's image by ~0.11 (int8 weight-only by ~0.01): the modulation sets
+    # every block's scale, shift and gate. Demo-model fidelity: docs/fidelity/fidelity_quant_table.md.
+    assert 0 < rel_err(out, sample(kept, steps=6)) < 0.2
+    assert flux.object_patches == {} and torch.equal(sample(flux, steps=6), reference)  # received MODEL unchanged
+    late = model.clone()
+    mod_key = "diffusion_model.double_blocks.0.img_mod.lin.weight"
+    late.add_patches({mod_key: ("diff", (torch.zeros_like(flux.model.state_dict()[mod_key]),))}, 1.0)
+    with pytest.raises(ValueError, match="after Fastlane Quantize"):
+        sample(late, steps=2)
 
 
 def test_norm_embedding_preset_and_regex(flux):
@@ -94,10 +122,22 @@ def test_norm_embedding_preset_and_regex(flux):
     (dict(filter="regex", regex=""), "needs a regex"),
     (dict(filter="regex", regex="("), "bad filter regex"),
     (dict(filter="regex", regex="."), "no Linear left to quantize"),
+    (dict(few_row_linears="fp4"), "few_row_linears must be one of"),
 ])
 def test_clear_errors(flux, kwargs, message):
     with pytest.raises(ValueError, match=message):
         quantized(flux, **kwargs)
+
+
+def test_few_row_fp8_weights_on_a_gpu_without_fp8_is_a_clear_error_and_patches_nothing(flux, monkeypatch):
+    from fastlane.quantizers import schemes
+
+    monkeypatch.setattr(schemes, "fp8_supported", lambda device: False)  # an NVIDIA GPU before Ada
+    gpu = flux.clone()
+    gpu.load_device = torch.device("cuda", 0)
+    with pytest.raises(ValueError, match=r"'fp8 weights' needs an NVIDIA GPU with compute capability 8.9\+.*16-bit"):
+        quantized(gpu, few_row_linears="fp8 weights")
+    assert gpu.object_patches == {} and flux.object_patches == {}
 
 
 def test_lora_before_quantizing_is_baked_in(flux):
