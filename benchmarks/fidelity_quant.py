@@ -29,8 +29,9 @@ NODE = F.NODE
 ALL = dict(start=0.0, end=1.0)
 
 
-def quantize(scheme: str):
-    return lambda m: NODE["FastlaneQuantize"].execute(model=m, scheme=scheme, filter="none").result[0]
+def quantize(scheme: str, few_rows: str = "16-bit"):
+    return lambda m: NODE["FastlaneQuantize"].execute(model=m, scheme=scheme, filter="none",
+                                                      few_row_linears=few_rows).result[0]
 
 
 def target(fraction: float, granularity: str = "blocks"):
@@ -42,9 +43,13 @@ def grid() -> list[tuple[str, callable]]:
     rows = [("fp32 (reference)", lambda m: m)]
     for scheme in ("int8_weight_only", "int8_dynamic", "fp8_scaled_mm"):
         rows.append((scheme, quantize(scheme)))
+    for scheme in ("int8_weight_only", "fp8_scaled_mm"):
+        rows.append((f"{scheme}, few-row Linears with fp8 weights", quantize(scheme, "fp8 weights")))
     rows.append(("target 0.3 order 2 (blocks)", target(0.3)))
     rows.append(("target 0.3 order 2 (output)", target(0.3, "output")))
     rows.append(("fp8_scaled_mm + target 0.3 order 2 (blocks): the fast tier", lambda m: target(0.3)(quantize("fp8_scaled_mm")(m))))
+    rows.append(("fp8_scaled_mm, few-row fp8 weights + target 0.3 order 2 (blocks)",
+                 lambda m: target(0.3)(quantize("fp8_scaled_mm", "fp8 weights")(m))))
     rows.append(("fp8_scaled_mm + target 0.3 order 2 (output)", lambda m: target(0.3, "output")(quantize("fp8_scaled_mm")(m))))
     return rows
 
@@ -60,14 +65,15 @@ def main() -> None:
     torch.set_num_threads(1)
     schemes.fp8_supported = lambda device: True  # CPU fp8 kernel: see the module docstring
 
-    base = F.demo.load_demo_patcher()
-    cases = [(c, s) for c in F.demo.class_names()[: args.classes] for s in range(args.seeds)]
-    reference = {case: F.sample(base, *case, args.steps, args.size) for case in cases}
+    family = F.FAMILIES["flux"]
+    base = family.module.load_demo_patcher()
+    cases = [(c, s) for c in family.module.class_names()[: args.classes] for s in range(args.seeds)]
+    reference = {case: F.sample(family, base, *case, args.steps, args.size) for case in cases}
     results = []
     for name, make in grid():
         model = make(base)
         t0 = time.perf_counter()
-        scores = [F.fidelity(F.sample(model, *case, args.steps, args.size), reference[case]) for case in cases]
+        scores = [F.fidelity(F.sample(family, model, *case, args.steps, args.size), reference[case]) for case in cases]
         row = {"setting": name,
                "psnr_db": None if name.startswith("fp32") else round(sum(s["psnr_db"] for s in scores) / len(scores), 2),
                "ssim": round(sum(s["ssim"] for s in scores) / len(scores), 4),

@@ -20,14 +20,15 @@ from fastlane.cachers.policies import TargetSpeedPolicy, Window  # noqa: E402
 from fastlane.nodes import cache_nodes  # noqa: E402
 
 torch.set_num_threads(1)
-demo = F.demo
+FLUX = F.FAMILIES["flux"]
+demo = FLUX.module
 base = demo.load_demo_patcher()
 cases = [(c, s) for c in demo.class_names()[:4] for s in range(2)]
-ref = {c: F.sample(base, *c, 28, 128) for c in cases}
+ref = {c: F.sample(FLUX, base, *c, 28, 128) for c in cases}
 
 
 def score(model) -> tuple[float, float]:
-    imgs = {c: F.sample(model, *c, 28, 128) for c in cases}
+    imgs = {c: F.sample(FLUX, model, *c, 28, 128) for c in cases}
     sc = [F.fidelity(imgs[c], ref[c]) for c in cases]
     return sum(s["psnr_db"] for s in sc) / len(sc), sum(s["ssim"] for s in sc) / len(sc)
 
