@@ -165,13 +165,14 @@ def test_quantizing_twice_is_refused(flux):
         quantized(model)
 
 
-@pytest.mark.parametrize("scheme", ["int8_dynamic", "fp8_scaled_mm"])
-def test_quantized_then_compiled_regionally(flux, scheme, request):
+@pytest.mark.parametrize("scheme, few_rows", [("int8_dynamic", "16-bit"), ("fp8_scaled_mm", "16-bit"),
+                                              ("int8_weight_only", "fp8 weights")])
+def test_quantized_then_compiled_regionally(flux, scheme, few_rows, request):
     if scheme.startswith("fp8"):
         request.getfixturevalue("fp8_on_cpu")
     torch._dynamo.reset()
     counters.clear()
-    model, _ = quantized(flux, scheme)
+    model, _ = quantized(flux, scheme, few_row_linears=few_rows)
     eager = sample(model, steps=4)
     compiled = NODE["FastlaneCompile"].execute(model=model, scope="regional", backend="eager", mode="default",
                                                dynamic="auto", fullgraph=True).result[0]
