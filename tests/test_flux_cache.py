@@ -3,7 +3,7 @@ import nodes
 import pytest
 import torch
 
-from tiny_models import BlockCounter, flux_conditioning, sample, tiny_flux
+from tiny_models import BlockCounter, sample, tiny_flux
 
 NODE = nodes.NODE_CLASS_MAPPINGS
 ALL = dict(start=0.0, end=1.0)
