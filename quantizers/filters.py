@@ -1,6 +1,6 @@
 """Which Linears of a diffusion model get quantized.
 
-Always kept in high precision, whatever the preset: Linears that run on a handful of rows (one per image: the
+Never given to the scheme, whatever the preset: Linears that run on a handful of rows (one per image: the
 timestep/guidance/pooled-text embedders and every modulation/adaLN projection of ``vec``). They hold little compute,
 and the activation-quantized kernels fail or crawl on so few rows (int8 ``_int_mm`` needs more than 16).
 
