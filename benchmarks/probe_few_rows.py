@@ -3,8 +3,8 @@
     python benchmarks/probe_few_rows.py [--out DIR]
 
 For each FLUX.1-dev modulation shape and 1 or 2 rows: the bf16 Linear, the fp8-weight Linear run eagerly and
-compiled (inductor), as CUDA-event medians of 50 calls after warm-up, and the compiled output's relative error against the bf16 Linear (max |diff| / max |reference|). Prints a table, writes
-probe_few_rows.json.
+compiled (inductor), as CUDA-event medians of 50 calls after warm-up, and the compiled output's relative error
+against the bf16 Linear (max |diff| / max |reference|). Prints a table, writes probe_few_rows.json.
 """
 from __future__ import annotations
 
@@ -16,24 +16,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from probe_kernels import bench  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from quantizers.fp8_weight_only import Fp8WeightOnlyLinear  # noqa: E402
 
 # (label, in K, out N, how many per FLUX.1-dev step)
 SHAPES = [("double-block img_mod/txt_mod", 3072, 18432, 38), ("single-block modulation", 3072, 9216, 38)]
-
-
-def median_ms(fn, runs: int = 50) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -43,7 +30,8 @@ def main() -> None:
     torch.manual_seed(0)
     rows_out = []
     print(f"{torch.cuda.get_device_name()} · torch {torch.__version__}")
-    print("| Linear | rows | bf16 ms | fp8 weights eager ms | fp8 weights compiled ms | compiled rel. error | per step (bf16 → compiled fp8) |")
+    print("| Linear | rows | bf16 ms | fp8 weights eager ms | fp8 weights compiled ms | compiled rel. error "
+          "| per step (bf16 → compiled fp8) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for label, k, n, per_step in SHAPES:
         linear = torch.nn.Linear(k, n, device="cuda", dtype=torch.bfloat16)
@@ -55,9 +43,9 @@ def main() -> None:
             with torch.no_grad():
                 ref = linear(x)
                 err = float((compiled(x).float() - ref.float()).abs().max() / ref.float().abs().max())
-                t_bf16 = median_ms(lambda: linear(x))
-                t_eager = median_ms(lambda: fp8(x))
-                t_compiled = median_ms(lambda: compiled(x))
+                t_bf16 = bench(lambda: linear(x), reps=50)
+                t_eager = bench(lambda: fp8(x), reps=50)
+                t_compiled = bench(lambda: compiled(x), reps=50)
             row = {"linear": label, "rows": rows, "k": k, "n": n, "bf16_ms": t_bf16, "fp8_eager_ms": t_eager,
                    "fp8_compiled_ms": t_compiled, "rel_err": err, "per_step": per_step}
             rows_out.append(row)

@@ -33,8 +33,9 @@ class FastlaneCompile(io.ComfyNode):
                 io.Combo.Input("mode", options=list(engine.MODES), default="default",
                                tooltip="inductor mode. default: fast compile. max-autotune(-no-cudagraphs): "
                                        "benchmarks matmul/conv kernels while compiling (minutes; on FLUX on an "
-                                       "H100/H200 no faster than default, and over 8 min with fp8). reduce-overhead / max-autotune add CUDA graphs (GPU only; graphs "
-                                       "with inputs mutated in place are skipped by torch)."),
+                                       "H100/H200 no faster than default, and over 8 min with fp8). "
+                                       "reduce-overhead / max-autotune add CUDA graphs (GPU only; graphs with inputs "
+                                       "mutated in place are skipped by torch)."),
                 io.Combo.Input("dynamic", options=list(engine.DYNAMIC), default="auto",
                                tooltip="auto: text length dynamic from the start (a new prompt never recompiles), "
                                        "image size and batch static (fastest kernels; each new resolution or batch "

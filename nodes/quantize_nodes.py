@@ -49,7 +49,8 @@ class FastlaneQuantize(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, scheme: str, filter: str, regex: str = "", few_row_linears: str = "16-bit") -> io.NodeOutput:
+    def execute(cls, model, scheme: str, filter: str, regex: str = "",
+                few_row_linears: str = "16-bit") -> io.NodeOutput:
         if not hasattr(model, "clone") or not hasattr(model, "get_model_object"):
             raise ValueError(f"Fastlane Quantize needs a MODEL (a ComfyUI ModelPatcher), got {type(model).__name__}")
         patched, report = patching.quantize(model, scheme, filter, regex or "", few_row_linears)

@@ -42,6 +42,11 @@ class Selection:
     weights_only: list[str] = field(default_factory=list)  # few-row Linears whose weights go fp8
     skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> names
 
+    @property
+    def quantized(self) -> list[str]:
+        """Every Linear that gets a quantized copy: the scheme's targets, then the fp8-weight few-row ones."""
+        return [*self.targets, *self.weights_only]
+
     def skip(self, reason: str, name: str) -> None:
         self.skipped.setdefault(reason, []).append(name)
 
@@ -54,7 +59,8 @@ class Selection:
 
 
 def select(diffusion_model: torch.nn.Module, preset: str = "none", regex: str = "", fp8: bool = False,
-           few_rows: str = "16-bit", original: Callable[[str, torch.nn.Module], torch.nn.Module] = lambda name, module: module) -> Selection:
+           few_rows: str = "16-bit",
+           original: Callable[[str, torch.nn.Module], torch.nn.Module] = lambda name, module: module) -> Selection:
     """The Linears to quantize. ``original(name, module)`` maps a module that another MODEL's object patch has
     swapped in right now (a quantized copy of a clone ComfyUI has loaded) back to the original."""
     if preset not in PRESETS:

@@ -117,13 +117,14 @@ def quantize(model, scheme_name: str, preset: str = "none", regex: str = "", few
     backup = model.object_patches_backup  # shared by clones: the originals of object patches applied right now
     selection = filters.select(dm, preset, regex, fp8=scheme.fp8, few_rows=few_rows,
                                original=lambda name, m: backup.get(f"diffusion_model.{name}", m))
-    if not selection.targets and not selection.weights_only:
+    if not selection.quantized:
         raise ValueError(f"no Linear left to quantize ({selection.summary()}); loosen the filter")
     dtype = _compute_dtype(model)
     work_device = model.load_device
     patched = model.clone()
     linear_before = linear_after = baked = 0
-    for name in [*selection.targets, *selection.weights_only]:
+    targets = set(selection.targets)
+    for name in selection.quantized:
         path = f"diffusion_model.{name}"
         original = model.get_model_object(path)
         tensors = {}
@@ -137,14 +138,14 @@ def quantize(model, scheme_name: str, preset: str = "none", regex: str = "", few
             baked += key in model.patches
             tensors[param] = _patched(model, key, source, dtype, work_device)
             patched.patches.pop(key, None)  # baked into the copy: ComfyUI must not apply it again
-        if name in selection.targets:
+        if name in targets:
             q = _build(scheme, original, tensors["weight"], tensors.get("bias"))
         else:
             q = Fp8WeightOnlyLinear(tensors["weight"], tensors.get("bias"))
         q.to(model.offload_device)
         linear_after += sum(tensor_bytes(t) for t in q.state_dict().values())
         patched.add_object_patch(path, q)
-    patched.add_wrapper_with_key(_outer_sample(), KEY, _refuse_later_patches({*selection.targets, *selection.weights_only}))
+    patched.add_wrapper_with_key(_outer_sample(), KEY, _refuse_later_patches(set(selection.quantized)))
     report = Report(scheme.name, selection, linear_before, linear_after, model.model_size(), baked)
     log.info(report.text())
     return patched, report
