@@ -26,6 +26,17 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class Fp8Weights(torch.nn.Module):
     """Base of the modules holding e4m3 ``weight`` codes with a ``weight_scale`` and an optional ``bias``."""
 
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, scale_shape: tuple[int, ...],
+                 bias_dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        with torch.no_grad():
+            q, scale = quantize_rows(weight.detach())
+        self.weight = torch.nn.Parameter(q, requires_grad=False)
+        self.register_buffer("weight_scale", scale.reshape(scale_shape).contiguous())
+        self.bias = None if bias is None else torch.nn.Parameter(
+            bias.detach().to(bias_dtype or bias.dtype, copy=True), requires_grad=False)
+
     def tensors_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """weight, scale, bias on ``device``: if ComfyUI left this module offloaded, the fp8 copy comes along for
         this call."""
@@ -62,16 +73,11 @@ class Fp8RowwiseLinear(Fp8Weights):
     fastlane_scheme = "fp8_scaled_mm"
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, fast_accum: bool = True) -> None:
-        super().__init__()
+        # scale [1, out] for _scaled_mm's scale_b; its row-wise mode wants a bf16 bias
+        super().__init__(weight, bias, scale_shape=(1, -1), bias_dtype=torch.bfloat16)
         # Hopper's fast fp8 accumulation (no periodic promotion to fp32 inside the K loop): torchao's inference
         # default too; ``fast_accum=False`` is the exact-accumulation variant
         self.fast_accum = fast_accum
-        self.out_features, self.in_features = weight.shape
-        with torch.no_grad():
-            q, scale = quantize_rows(weight.detach())
-        self.weight = torch.nn.Parameter(q, requires_grad=False)
-        self.register_buffer("weight_scale", scale.reshape(1, -1).contiguous())  # [1, out] for _scaled_mm's scale_b
-        self.bias = None if bias is None else torch.nn.Parameter(bias.detach().to(torch.bfloat16), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, scale, bias = self.tensors_on(x.device)

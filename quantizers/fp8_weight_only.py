@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .fp8_scaled import Fp8Weights, quantize_rows
+from .fp8_scaled import Fp8Weights
 
 MAX_FUSED_ROWS = 16  # up to this many rows, the compiled path reads the weights once per row: a batch of images
 
@@ -26,13 +26,7 @@ class Fp8WeightOnlyLinear(Fp8Weights):
     fastlane_scheme = "fp8_weight_only_few_rows"
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        super().__init__()
-        self.out_features, self.in_features = weight.shape
-        with torch.no_grad():
-            q, scale = quantize_rows(weight.detach())
-        self.weight = torch.nn.Parameter(q, requires_grad=False)
-        self.register_buffer("weight_scale", scale.reshape(-1).contiguous())  # [out]
-        self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
+        super().__init__(weight, bias, scale_shape=(-1,))  # bias keeps its dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, scale, bias = self.tensors_on(x.device)
