@@ -5,19 +5,21 @@ one-row vector ``vec``) but almost no compute. Quantizing their activations buys
 so few rows, so the quantize node keeps them 16-bit unless asked. Stored as e4m3 with one fp32 scale per output row
 they take half the memory: with ``fp8_scaled_mm``, FLUX.1-dev's weights go from 14.1 to 11.1 GiB.
 
-The price is speed, measured on an H200 (docs/BENCHMARKS.md, run s4-4): compiled, the product is a multiply-and-sum
-that inductor fuses with the e4m3 conversion (no 16-bit copy of the weight is ever made), but that kernel is ~2x
-slower per call than cuBLAS's 16-bit matrix-vector product, +1.4 ms per FLUX step (103.2 -> 104.6 ms); eager, the
-weight is converted per call, +12 ms per step. On CUDA it needs compute capability 8.9+ (Triton reads e4m3 there
-only); on the CPU it runs anywhere.
+On CUDA, with 16-bit inputs, the product runs in a Triton kernel (fp8_rows_kernel.py) that reads each code once.
+Measured on an H200 (docs/BENCHMARKS.md, run s5-1): inside a CUDA graph it is a little faster than cuBLAS's 16-bit
+product (0.028 vs 0.032 ms at 3072 -> 18432), in the compiled FLUX.1-dev step it costs nothing (102.7 -> 102.8
+ms/step), eager its launch cost (~0.1 ms a call) adds 1.6% (185.5 -> 188.5). Elsewhere (the CPU, fp32 inputs) the
+compiled path is inductor's fused multiply-sum and the eager path converts the weight per call. On CUDA it needs
+compute capability 8.9+ (Triton reads e4m3 there only).
 """
 from __future__ import annotations
 
 import torch
 
+from . import fp8_rows_kernel
 from .fp8_scaled import Fp8Weights
 
-MAX_FUSED_ROWS = 16  # up to this many rows, the compiled path reads the weights once per row: a batch of images
+MAX_FUSED_ROWS = 16  # up to this many rows (a batch of images) the compiled fallback reads the weights once per row
 
 
 class Fp8WeightOnlyLinear(Fp8Weights):
@@ -31,6 +33,9 @@ class Fp8WeightOnlyLinear(Fp8Weights):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, scale, bias = self.tensors_on(x.device)
         rows = x.reshape(-1, self.in_features)
+        if _kernel_runs(rows):
+            out = fp8_rows_kernel.fp8_rows_linear(rows.contiguous(), weight, scale, bias)
+            return out.reshape(*x.shape[:-1], self.out_features)
         if torch.compiler.is_compiling() and rows.shape[0] <= MAX_FUSED_ROWS:
             out = (rows.float().unsqueeze(1) * weight.float()).sum(-1)  # one fused reduction over the fp8 weights
         else:
@@ -43,3 +48,10 @@ class Fp8WeightOnlyLinear(Fp8Weights):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, " \
                "e4m3 per-row weights, activations unquantized"
+
+
+def _kernel_runs(rows: torch.Tensor) -> bool:
+    """Whether the Triton kernel takes this call: 16-bit rows, few enough, on CUDA (or in Triton's CPU interpreter)."""
+    return (fp8_rows_kernel.available() and rows.shape[0] <= fp8_rows_kernel.MAX_ROWS
+            and rows.dtype in (torch.bfloat16, torch.float16)
+            and (rows.is_cuda or fp8_rows_kernel.INTERPRETED))
