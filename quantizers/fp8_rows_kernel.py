@@ -57,11 +57,19 @@ if triton is not None:
         tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
                  mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
+    def _tiles_the_product_can_use(configs, named_args, **kwargs):
+        # tl.dot (several rows) needs tiles of at least 16 columns; the one-row reduction takes narrower ones
+        one_row = named_args.get("M_PAD", kwargs.get("M_PAD")) == 1
+        return [c for c in configs if one_row or c.kwargs["BLOCK_N"] >= 16]
+
     _fp8_rows_autotuned = triton.autotune(
         configs=[triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
                  for n, k, w, s in [(16, 256, 4, 4), (32, 256, 4, 4), (64, 128, 4, 4), (32, 512, 4, 3),
-                                    (64, 256, 8, 3), (128, 128, 8, 3), (16, 512, 4, 4), (64, 512, 8, 3)]],
+                                    (64, 256, 8, 3), (128, 128, 8, 3), (16, 512, 4, 4), (64, 512, 8, 3),
+                                    (8, 1024, 4, 1), (4, 1024, 2, 1), (16, 1024, 8, 1), (8, 512, 2, 2),
+                                    (32, 1024, 8, 2), (16, 256, 2, 2)]],
         key=["N", "K", "M_PAD"],
+        prune_configs_by={"early_config_prune": _tiles_the_product_can_use},
     )(_fp8_rows_tile)
 
     @triton_op("fastlane::fp8_rows_linear", mutates_args={})
