@@ -7,8 +7,10 @@ For each FLUX.1-dev modulation shape and 1, 2 or 16 rows, three ways to compute 
 - ``inductor``: fp8 weights through torch.compile's fused multiply-sum (the compiled path before the Triton kernel);
 - ``triton``: fp8 weights through ``fastlane::fp8_rows_linear`` (quantizers/fp8_rows_kernel.py), eager and compiled
   with ``fullgraph=True`` (a graph break would raise).
-Each is timed two ways, as medians of CUDA events: one call at a time (launch cost included, what an eager step
-pays) and per call inside a CUDA graph of 20 calls (the GPU's time alone). The relative error is max |diff| /
+The first call of each is timed on its own (compiling and autotuning included; run the probe twice to see what
+Triton's on-disk autotuning cache saves a second process). Then each is timed two ways, as medians of CUDA
+events: one call at a time (launch cost included, what an eager step pays) and per call inside a CUDA graph of 20
+calls (the GPU's time alone). The relative error is max |diff| /
 max |bf16|. Prints a table, writes probe_few_rows.json.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -59,8 +62,9 @@ def main() -> None:
     torch.manual_seed(0)
     rows_out = []
     print(f"{torch.cuda.get_device_name()} · torch {torch.__version__}")
-    print("| Linear | rows | route | ms per call | ms in a CUDA graph | GB/s read (graph) | rel. error |")
-    print("|---|---:|---|---:|---:|---:|---:|")
+    print("| Linear | rows | route | first call s | ms per call | ms in a CUDA graph | GB/s read (graph) "
+          "| rel. error |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
     for label, k, n, per_step in SHAPES:
         linear = torch.nn.Linear(k, n, device="cuda", dtype=torch.bfloat16)
         fp8 = Fp8WeightOnlyLinear(linear.weight.data, linear.bias.data)
@@ -73,15 +77,20 @@ def main() -> None:
             with torch.no_grad():
                 ref = linear(x).float()
                 for route, fn in routes.items():
+                    torch.cuda.synchronize()
+                    start = time.perf_counter()
+                    fn(x)
+                    torch.cuda.synchronize()
+                    first_s = time.perf_counter() - start
                     err = float((fn(x).float() - ref).abs().max() / ref.abs().max())
                     per_call = bench(lambda: fn(x), reps=50)
                     in_graph = graph_ms(lambda: fn(x))
                     weight_bytes = n * k * (2 if route == "bf16" else 1)
-                    row = {"linear": label, "k": k, "n": n, "rows": rows, "route": route, "ms": per_call,
-                           "graph_ms": in_graph, "gb_per_s": weight_bytes / in_graph / 1e6, "rel_err": err,
-                           "per_step": per_step}
+                    row = {"linear": label, "k": k, "n": n, "rows": rows, "route": route, "first_s": first_s,
+                           "ms": per_call, "graph_ms": in_graph, "gb_per_s": weight_bytes / in_graph / 1e6,
+                           "rel_err": err, "per_step": per_step}
                     rows_out.append(row)
-                    print(f"| {label} {k}→{n} | {rows} | {route} | {per_call:.4f} | {in_graph:.4f} | "
+                    print(f"| {label} {k}→{n} | {rows} | {route} | {first_s:.2f} | {per_call:.4f} | {in_graph:.4f} | "
                           f"{row['gb_per_s']:.0f} | {err:.4f} |", flush=True)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
