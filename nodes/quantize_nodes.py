@@ -19,8 +19,9 @@ class FastlaneQuantize(io.ComfyNode):
                         "(this MODEL carries quantized copies, swapped in while it runs). Put LoRA loaders before "
                         "this node (their LoRA is baked in first); follow it with Fastlane Compile for speed - "
                         "without compiling, the dynamic schemes are usually slower than 16-bit. Linears that run "
-                        "on one row per image (modulation, embedders) never get their inputs quantized; they stay "
-                        "16-bit unless few_row_linears stores their weights in fp8 (a memory saving).",
+                        "on one row per image (modulation, embedders) never get their inputs quantized; with an fp8 "
+                        "scheme their weights are stored in fp8 too (few_row_linears: auto), which saves memory "
+                        "at no measured cost.",
             inputs=[
                 io.Model.Input("model", tooltip="The MODEL to quantize (FLUX, SDXL, or any model with Linears)."),
                 io.Combo.Input("scheme", options=list(schemes.SCHEMES), default="int8_weight_only",
@@ -33,13 +34,14 @@ class FastlaneQuantize(io.ComfyNode):
                                 tooltip="With filter 'regex': Linears whose name inside the diffusion model matches "
                                         "(re.search) stay in 16-bit, e.g. 'single_blocks\\.(3[0-7])\\.' or "
                                         "'img_in|final_layer'."),
-                io.Combo.Input("few_row_linears", options=list(filters.FEW_ROWS_MODES), default="16-bit",
+                io.Combo.Input("few_row_linears", options=list(filters.FEW_ROWS_MODES), default="auto",
                                optional=True,
                                tooltip="The Linears that run on one row per image (modulation, embedders: 3.3 B of "
-                                       "FLUX.1-dev's 11.9 B parameters). 16-bit: untouched. fp8 weights: stored as "
-                                       "fp8 (weights only; their inputs stay 16-bit): FLUX.1-dev with fp8_scaled_mm "
-                                       "needs 11.1 instead of 14.1 GiB, for ~1.4% more time per step compiled "
-                                       "(~6% eager; H200). NVIDIA compute capability 8.9+."),
+                                       "FLUX.1-dev's 11.9 B parameters). fp8 weights: stored as fp8 (weights only; "
+                                       "their inputs stay 16-bit): FLUX.1-dev with fp8_scaled_mm needs 11.1 instead "
+                                       "of 14.1 GiB at the same speed (H200, compiled and eager); NVIDIA compute "
+                                       "capability 8.9+. 16-bit: untouched. auto: fp8 weights with the fp8 schemes, "
+                                       "16-bit with the int8 ones."),
             ],
             outputs=[
                 io.Model.Output(tooltip="The quantized model (the input MODEL is unchanged)."),
@@ -50,7 +52,7 @@ class FastlaneQuantize(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, scheme: str, filter: str, regex: str = "",
-                few_row_linears: str = "16-bit") -> io.NodeOutput:
+                few_row_linears: str = "auto") -> io.NodeOutput:
         if not hasattr(model, "clone") or not hasattr(model, "get_model_object"):
             raise ValueError(f"Fastlane Quantize needs a MODEL (a ComfyUI ModelPatcher), got {type(model).__name__}")
         patched, report = patching.quantize(model, scheme, filter, regex or "", few_row_linears)

@@ -11,7 +11,9 @@ Presets on top of that:
 - ``regex``: also keep every Linear whose qualified name (inside the diffusion model) matches the regex.
 
 The few-row Linears can instead have their *weights* stored in fp8 (``few_rows="fp8 weights"``; activations stay
-16-bit, so no activation-quantized kernel ever runs on them): a memory saving, see ``fp8_weight_only.py``.
+16-bit, so no activation-quantized kernel ever runs on them): a memory saving at no measured cost, see
+``fp8_weight_only.py``. ``auto`` does that with the fp8 schemes (the GPU has fp8 then, and the user chose fp8
+rounding of the weights) and keeps them 16-bit with the int8 ones (which also serve GPUs without fp8).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import Callable
 import torch
 
 PRESETS = ("none", "norm+embedding", "regex")
-FEW_ROWS_MODES = ("16-bit", "fp8 weights")
+FEW_ROWS_MODES = ("auto", "16-bit", "fp8 weights")
 
 # Names (inside diffusion_model) of Linears that see one row per image, by family, plus generic spellings.
 FEW_ROWS = re.compile("|".join([
@@ -58,15 +60,23 @@ class Selection:
         return ", ".join(parts)
 
 
+def few_rows_mode(mode: str, fp8_scheme: bool) -> str:
+    """``mode`` with ``auto`` decided: fp8 weights alongside an fp8 scheme, else 16-bit."""
+    if mode not in FEW_ROWS_MODES:
+        raise ValueError(f"few_row_linears must be one of {FEW_ROWS_MODES}, not '{mode}'")
+    if mode == "auto":
+        return "fp8 weights" if fp8_scheme else "16-bit"
+    return mode
+
+
 def select(diffusion_model: torch.nn.Module, preset: str = "none", regex: str = "", fp8: bool = False,
-           few_rows: str = "16-bit",
+           few_rows: str = "auto",
            original: Callable[[str, torch.nn.Module], torch.nn.Module] = lambda name, module: module) -> Selection:
     """The Linears to quantize. ``original(name, module)`` maps a module that another MODEL's object patch has
     swapped in right now (a quantized copy of a clone ComfyUI has loaded) back to the original."""
     if preset not in PRESETS:
         raise ValueError(f"filter must be one of {PRESETS}, not '{preset}'")
-    if few_rows not in FEW_ROWS_MODES:
-        raise ValueError(f"few_row_linears must be one of {FEW_ROWS_MODES}, not '{few_rows}'")
+    few_rows = few_rows_mode(few_rows, fp8)
     pattern = None
     if preset == "regex":
         if not regex.strip():

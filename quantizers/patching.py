@@ -104,9 +104,10 @@ def quantized_paths(model) -> set[str]:
     return {k for k, v in model.object_patches.items() if isinstance(v, (QuantizedLinear, Fp8Weights))}
 
 
-def quantize(model, scheme_name: str, preset: str = "none", regex: str = "", few_rows: str = "16-bit"):
+def quantize(model, scheme_name: str, preset: str = "none", regex: str = "", few_rows: str = "auto"):
     """A clone of ``model`` whose selected Linears are quantized copies; returns (clone, Report)."""
     scheme = schemes.get(scheme_name, model.load_device)
+    few_rows = filters.few_rows_mode(few_rows, scheme.fp8)
     if few_rows == "fp8 weights" and not schemes.fp8_storage_supported(model.load_device):
         raise ValueError(f"few_row_linears 'fp8 weights' needs an NVIDIA GPU with compute capability 8.9+ (Ada, "
                          f"Hopper, Blackwell) or the CPU; this model runs on {model.load_device}. Keep "

@@ -66,7 +66,7 @@ def test_the_received_model_is_unchanged(flux):
     assert [type(m) for m in flux.model.diffusion_model.modules()] == types_before
 
 
-def test_few_row_linears_stay_16_bit_by_default(flux):
+def test_few_row_linears_stay_16_bit_by_default_with_an_int8_scheme(flux):
     model, report = quantized(flux, "int8_dynamic")
     names = quantized_names(model)
     few_rows = ["double_blocks.0.img_mod.lin", "double_blocks.1.txt_mod.lin", "single_blocks.0.modulation.lin",
@@ -139,6 +139,10 @@ def test_few_row_fp8_weights_on_a_gpu_without_fp8_is_a_clear_error_and_patches_n
         quantized(gpu, few_row_linears="fp8 weights")
     assert gpu.object_patches == {} and flux.object_patches == {}
 
+    from fastlane.quantizers.filters import few_rows_mode
+    # the default there: auto picks 16-bit with the int8 schemes (the fp8 ones refuse such a GPU themselves)
+    assert few_rows_mode("auto", fp8_scheme=False) == "16-bit"
+
 
 def test_lora_before_quantizing_is_baked_in(flux):
     plain_q, _ = quantized(flux)
@@ -157,6 +161,19 @@ def test_lora_after_quantizing_is_refused_clearly(flux):
     with pytest.raises(ValueError, match="Put the LoRA loader before Fastlane Quantize"):
         sample(lora(model), steps=3)
     sample(model, steps=3)  # the quantized MODEL itself still works
+
+
+def test_few_row_linears_get_fp8_weights_by_default_with_an_fp8_scheme(flux, fp8_on_cpu):
+    from fastlane.quantizers.fp8_weight_only import Fp8WeightOnlyLinear
+
+    default, report = quantized(flux, "fp8_scaled_mm")  # few_row_linears left out, as an API prompt may
+    kinds = {name: type(default.object_patches[f"diffusion_model.{name}"]) for name in quantized_names(default)}
+    assert kinds["double_blocks.0.img_mod.lin"] is Fp8WeightOnlyLinear and kinds["time_in.in_layer"] is \
+        Fp8WeightOnlyLinear
+    assert "few-row Linears (modulation/embedders) with fp8 weights only" in report
+    kept, kept_report = quantized(flux, "fp8_scaled_mm", few_row_linears="16-bit")
+    assert "double_blocks.0.img_mod.lin" not in quantized_names(kept)
+    assert "kept (runs on a few rows" in kept_report
 
 
 def test_quantizing_twice_is_refused(flux):
@@ -209,7 +226,7 @@ def fp8_on_cpu(monkeypatch):
 
 def test_fp8_scaled_mm_in_the_sampler(flux, fp8_on_cpu):
     reference = sample(flux, steps=6)
-    model, report = quantized(flux, "fp8_scaled_mm")
+    model, report = quantized(flux, "fp8_scaled_mm", few_row_linears="16-bit")  # the scheme's own rounding alone
     out = sample(model, steps=6)
     assert 0 < rel_err(out, reference) < 0.1
     before, after = map(float, re.search(r"Linear weights ([\d.]+) MB -> ([\d.]+) MB", report).groups())
