@@ -2,15 +2,16 @@
 
 On FLUX.1-dev those Linears hold 3.3 B of the 11.9 B parameters (each block's modulation projection of the
 one-row vector ``vec``) but almost no compute. Quantizing their activations buys nothing and int8's kernel refuses
-so few rows, so the quantize node keeps them 16-bit unless asked. Stored as e4m3 with one fp32 scale per output row
-they take half the memory: with ``fp8_scaled_mm``, FLUX.1-dev's weights go from 14.1 to 11.1 GiB.
+so few rows, so the quantize node never does; with the fp8 schemes it stores their weights this way. As e4m3 with
+one fp32 scale per output row they take half the memory: with ``fp8_scaled_mm``, FLUX.1-dev's weights go from 14.1
+to 11.1 GiB.
 
 On CUDA, with 16-bit inputs, the product runs in a Triton kernel (fp8_rows_kernel.py) that reads each code once.
-Measured on an H200 (docs/BENCHMARKS.md, run s5-1): inside a CUDA graph it is a little faster than cuBLAS's 16-bit
-product (0.028 vs 0.032 ms at 3072 -> 18432), in the compiled FLUX.1-dev step it costs nothing (102.7 -> 102.8
-ms/step), eager its launch cost (~0.1 ms a call) adds 1.6% (185.5 -> 188.5). Elsewhere (the CPU, fp32 inputs) the
-compiled path is inductor's fused multiply-sum and the eager path converts the weight per call. On CUDA it needs
-compute capability 8.9+ (Triton reads e4m3 there only).
+Measured on an H200 (docs/BENCHMARKS.md, run s5-4): inside a CUDA graph it is faster than cuBLAS's 16-bit product
+(0.018 vs 0.032 ms at 3072 -> 18432, one row), and the FLUX.1-dev step takes the same time with these weights in
+fp8 or 16-bit (103.1 vs 103.5 ms/step compiled, 188.5 both eager). Elsewhere (the CPU, fp32 inputs) the compiled
+path is inductor's fused multiply-sum and the eager path converts the weight per call. On CUDA it needs compute
+capability 8.9+ (Triton reads e4m3 there only).
 """
 from __future__ import annotations
 
