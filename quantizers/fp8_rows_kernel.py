@@ -76,17 +76,29 @@ if triton is not None:
         **_autotune_options,
     )(_fp8_rows_tile)
 
-    @triton_op("fastlane::fp8_rows_linear", mutates_args={})
-    def fp8_rows_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
-                        bias: torch.Tensor | None) -> torch.Tensor:
-        """``x`` [M <= 16, K] (bf16/fp16, rows contiguous), ``weight`` [N, K] e4m3, ``scale`` [N] fp32, ``bias``
-        [N] or None -> [M, N] in ``x``'s dtype."""
+    def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                wrap=lambda kernel: kernel) -> torch.Tensor:
         m, k = x.shape
         n = weight.shape[0]
         y = torch.empty((m, n), device=x.device, dtype=x.dtype)
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
         kernel, tile = (_fp8_rows_tile, _INTERPRETER_TILE) if INTERPRETED else (_fp8_rows_autotuned, {})
-        wrap_triton(kernel)[grid](
+        wrap(kernel)[grid](
             x, weight, scale, scale if bias is None else bias, y, m, n, k, x.stride(0), weight.stride(0),
             y.stride(0), HAS_BIAS=bias is not None, M_PAD=1 if m == 1 else MAX_ROWS, **tile)
         return y
+
+    @triton_op("fastlane::fp8_rows_linear", mutates_args={})
+    def _fp8_rows_linear_op(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+                            bias: torch.Tensor | None) -> torch.Tensor:
+        return _launch(x, weight, scale, bias, wrap=wrap_triton)
+
+
+def fp8_rows_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+                    bias: torch.Tensor | None) -> torch.Tensor:
+    """``x`` [M <= 16, K] (bf16/fp16, rows contiguous), ``weight`` [N, K] e4m3, ``scale`` [N] fp32, ``bias`` [N]
+    or None -> [M, N] in ``x``'s dtype. Under torch.compile through the registered operator; eager calls launch the
+    kernel directly, skipping the dispatcher's per-call cost (eager calls of these small products are bound by it)."""
+    if torch.compiler.is_compiling():
+        return _fp8_rows_linear_op(x, weight, scale, bias)
+    return _launch(x, weight, scale, bias)

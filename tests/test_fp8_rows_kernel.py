@@ -35,6 +35,8 @@ for rows, dtype, bias, k, n in [(1, torch.bfloat16, True, 300, 70), (1, torch.fl
     exact = torch.nn.functional.linear(x.double(), fp8.dequantized_weight().double(),
                                        fp8.bias.double() if bias else None)
     direct = fp8_rows_kernel.fp8_rows_linear(x, fp8.weight, fp8.weight_scale, fp8.bias)
+    # the registered operator (what torch.compile calls) launches the same kernel
+    assert torch.equal(fp8_rows_kernel._fp8_rows_linear_op(x, fp8.weight, fp8.weight_scale, fp8.bias), direct)
     through_module = fp8(x.unsqueeze(0))
     results.append({"rows": rows, "dtype": str(dtype), "bias": bias, "kernel_taken": _kernel_runs(x),
                     "out_dtype": str(direct.dtype), "module_shape": list(through_module.shape),
