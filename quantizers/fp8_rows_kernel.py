@@ -5,8 +5,9 @@ the 16-bit product, not slower. Neither cuBLAS (its fp8 GEMM wants both operands
 fused multiply-sum (measured ~2x slower than cuBLAS's 16-bit product, run s4-4) gets there; this kernel streams the
 codes once, widens them in registers and accumulates in fp32.
 
-Registered as the operator ``fastlane::fp8_rows_linear`` through ``torch.library.triton_op`` so that eager calls
-and torch.compile (regional or whole, CUDA graphs included) run the same kernel without a graph break.
+Registered as the operator ``fastlane::fp8_rows_linear`` through ``torch.library.triton_op``, so that
+torch.compile (regional or whole, CUDA graphs included) runs it without a graph break; eager calls launch the same
+kernel directly.
 ``available()`` says whether this torch/Triton can run it at all; the caller also checks device and dtype.
 """
 from __future__ import annotations
