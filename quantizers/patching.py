@@ -107,17 +107,16 @@ def quantized_paths(model) -> set[str]:
 def quantize(model, scheme_name: str, preset: str = "none", regex: str = "", few_rows: str = "auto"):
     """A clone of ``model`` whose selected Linears are quantized copies; returns (clone, Report)."""
     scheme = schemes.get(scheme_name, model.load_device)
-    few_rows = filters.few_rows_mode(few_rows, scheme.fp8)
-    if few_rows == "fp8 weights" and not schemes.fp8_storage_supported(model.load_device):
-        raise ValueError(f"few_row_linears 'fp8 weights' needs an NVIDIA GPU with compute capability 8.9+ (Ada, "
-                         f"Hopper, Blackwell) or the CPU; this model runs on {model.load_device}. Keep "
-                         "few_row_linears at '16-bit' there.")
     if quantized_paths(model):
         raise ValueError("this MODEL already went through Fastlane Quantize; quantize the original MODEL once")
     dm = model.get_model_object("diffusion_model")
     backup = model.object_patches_backup  # shared by clones: the originals of object patches applied right now
     selection = filters.select(dm, preset, regex, fp8=scheme.fp8, few_rows=few_rows,
                                original=lambda name, m: backup.get(f"diffusion_model.{name}", m))
+    if selection.weights_only and not schemes.fp8_storage_supported(model.load_device):
+        raise ValueError(f"few_row_linears 'fp8 weights' needs an NVIDIA GPU with compute capability 8.9+ (Ada, "
+                         f"Hopper, Blackwell) or the CPU; this model runs on {model.load_device}. Keep "
+                         "few_row_linears at '16-bit' or 'auto' there.")
     if not selection.quantized:
         raise ValueError(f"no Linear left to quantize ({selection.summary()}); loosen the filter")
     dtype = _compute_dtype(model)

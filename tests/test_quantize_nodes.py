@@ -141,7 +141,24 @@ def test_few_row_fp8_weights_on_a_gpu_without_fp8_is_a_clear_error_and_patches_n
 
     from fastlane.quantizers.filters import few_rows_mode
     # the default there: auto picks 16-bit with the int8 schemes (the fp8 ones refuse such a GPU themselves)
-    assert few_rows_mode("auto", fp8_scheme=False) == "16-bit"
+    assert few_rows_mode("auto", fp8_scheme=False, few_row_share=1.0) == "16-bit"
+
+
+@pytest.mark.parametrize("family, fp8_weight_linears", [("flux", 83), ("sdxl", 0)])
+def test_auto_gives_few_row_linears_fp8_weights_where_they_hold_a_real_share(family, fp8_weight_linears):
+    import comfy.supported_models
+    from fastlane.benchmarks.models import FLUX_DEV_UNET_CONFIG, SDXL_UNET_CONFIG
+    from fastlane.quantizers.filters import select
+
+    # the real FLUX.1-dev and SDXL architectures, built without storage: few-row Linears hold 28% and 1% of the
+    # Linear weights
+    cls, config = (comfy.supported_models.Flux, FLUX_DEV_UNET_CONFIG) if family == "flux" else \
+        (comfy.supported_models.SDXL, SDXL_UNET_CONFIG)
+    diffusion_model = cls(dict(config)).get_model({}, "", device=torch.device("meta")).diffusion_model
+    assert len(select(diffusion_model, fp8=True).weights_only) == fp8_weight_linears  # fp8 scheme, auto
+    assert select(diffusion_model, fp8=False).weights_only == []  # int8 scheme, auto
+    assert len(select(diffusion_model, fp8=False, few_rows="fp8 weights").weights_only) == \
+        {"flux": 83, "sdxl": 21}[family]
 
 
 def test_lora_before_quantizing_is_baked_in(flux):
