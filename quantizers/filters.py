@@ -83,7 +83,8 @@ def select(diffusion_model: torch.nn.Module, preset: str = "none", regex: str = 
     linears = [(name, module) for name, module in
                ((name, original(name, module)) for name, module in diffusion_model.named_modules())
                if isinstance(module, torch.nn.Linear)]
-    few_row_numel = sum(m.weight.numel() for name, m in linears if FEW_ROWS.search(name))
+    few_row_names = {name for name, _ in linears if FEW_ROWS.search(name)}
+    few_row_numel = sum(m.weight.numel() for name, m in linears if name in few_row_names)
     few_rows = few_rows_mode(few_rows, fp8, few_row_numel / max(1, sum(m.weight.numel() for _, m in linears)))
     pattern = None
     if preset == "regex":
@@ -96,9 +97,9 @@ def select(diffusion_model: torch.nn.Module, preset: str = "none", regex: str = 
             raise ValueError(f"bad filter regex {regex!r}: {e}") from None
     selection = Selection()
     for name, module in linears:
-        if FEW_ROWS.search(name) and few_rows == "fp8 weights":
+        if name in few_row_names and few_rows == "fp8 weights":
             selection.weights_only.append(name)
-        elif FEW_ROWS.search(name):
+        elif name in few_row_names:
             selection.skip("runs on a few rows: modulation/embedders", name)
         elif preset == "norm+embedding" and NORM_OR_EMBEDDING.search(name):
             selection.skip("norm/embedding/entry-exit preset", name)

@@ -209,9 +209,9 @@ def flux_fastest() -> Workflow:
                              ("FastlaneTargetSpeedCache", {"compute_fraction": 0.3, **TARGET}),
                              ("FastlaneCompile", COMPILE)),
                       "FLUX.1-dev fastest", "## FLUX.1-dev, fastest\n\n**Quantize fp8_scaled_mm** (needs an Ada, "
-                      "Hopper or Blackwell GPU; its few_row_linears `auto` stores the modulation weights in fp8 too: FLUX's "
-                      "weights take 11.1 GiB) → **Target Speed Cache 0.3** → **Compile** regional. The first run "
-                      "compiles (about 20 s on an H100); queue again for the warm speed.\n\n"
+                      "Hopper or Blackwell GPU; its few_row_linears `auto` stores the modulation weights in fp8 too: "
+                      "FLUX's weights take 11.1 GiB) → **Target Speed Cache 0.3** → **Compile** regional. The first "
+                      "run compiles (about 20 s on an H100); queue again for the warm speed.\n\n"
                       f"{FLUX_FILES_TEXT}\n\nSpeed: {FIGURES}.", "fastlane-flux-fastest")
 
 
