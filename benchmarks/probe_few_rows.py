@@ -10,8 +10,8 @@ For each FLUX.1-dev modulation shape and 1, 2 or 16 rows, three ways to compute 
 The first call of each is timed on its own (compiling and autotuning included; run the probe twice to see what
 Triton's on-disk autotuning cache saves a second process). Then each is timed two ways, as medians of CUDA
 events: one call at a time (launch cost included, what an eager step pays) and per call inside a CUDA graph of 20
-calls (the GPU's time alone). The relative error is max |diff| /
-max |bf16|. Prints a table, writes probe_few_rows.json.
+calls (the GPU's time alone). The relative error is max |diff| / max |bf16|. Prints a table, writes
+probe_few_rows.json.
 """
 from __future__ import annotations
 
