@@ -6,8 +6,10 @@ replayed, outputs living in a shared memory pool).
         --cases 1024x1024x1,768x768x1,1024x1024x2,1024x1024x1
 
 For each case (in order, one process) it samples the stack and the same stack without Fastlane Compile from the same
-noise, and prints: new graphs compiled, seconds, whether the output is finite, and the largest difference between
-the two latents relative to the uncompiled one's range. Random weights, like benchmarks/run.py.
+noise, and prints: new graphs compiled, seconds of that first compiled run and of a second one (warm), whether the
+output is finite, and the largest difference between the two latents relative to the uncompiled one's range.
+``--dynamic`` sets Fastlane Compile's input of that name (auto: sizes static until one changes; true: every size
+dynamic from the start). Random weights, like benchmarks/run.py.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--tiny", action="store_true", help="small configs of the same classes (a CPU smoke run)")
     p.add_argument("--mode", help="override the stack's compile mode (e.g. 'default' on a CPU)")
+    p.add_argument("--dynamic", default="auto", choices=["auto", "true", "false"], help="Fastlane Compile's dynamic")
     args = p.parse_args(argv)
 
     import torch
@@ -56,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg, scheduler = (7.0, "normal") if args.family == "sdxl" else (1.0, "simple")
     plain_of, compile_settings = STACKS[args.stack]
     plain = plain_of(built.patcher)
-    compiled = bench.node("FastlaneCompile", plain, **{**compile_settings, **({"mode": args.mode} if args.mode else {})})
+    settings = {**compile_settings, "dynamic": args.dynamic, **({"mode": args.mode} if args.mode else {})}
+    compiled = bench.node("FastlaneCompile", plain, **settings)
+    print(f"stack {args.stack}, compile settings {settings}", flush=True)
 
     from torch._dynamo.utils import counters
 
@@ -80,12 +85,18 @@ def main(argv: list[str] | None = None) -> int:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            sample(compiled)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            warm = time.perf_counter() - start
         graphs = int(counters["stats"]["unique_graphs"])
         finite = bool(torch.isfinite(out).all())
         rel = float((out.float() - reference.float()).abs().max() / reference.float().abs().max())
         ok = finite and rel < 0.05
         failures += not ok
-        print(f"{case:>14s}: {'ok  ' if ok else 'FAIL'} new graphs {graphs}, {seconds:7.2f} s, finite {finite}, "
+        print(f"{case:>14s}: {'ok  ' if ok else 'FAIL'} new graphs {graphs}, {seconds:7.2f} s, warm {warm:6.3f} s, "
+              f"finite {finite}, "
               f"max |compiled - uncompiled| / max |uncompiled| = {rel:.4f}", flush=True)
     return 1 if failures else 0
 

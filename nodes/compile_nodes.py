@@ -39,7 +39,10 @@ class FastlaneCompile(io.ComfyNode):
                 io.Combo.Input("dynamic", options=list(engine.DYNAMIC), default="auto",
                                tooltip="auto: text length dynamic from the start (a new prompt never recompiles), "
                                        "image size and batch static (fastest kernels; each new resolution or batch "
-                                       "compiles once). true: every size dynamic (one graph, slower kernels). "
+                                       "compiles once). true: sizes dynamic from the first compile (fewer "
+                                       "recompiles, slower kernels; the first non-square size still recompiles "
+                                       "once; SDXL's whole model with CUDA graphs had not compiled after 7 min on "
+                                       "an H200). "
                                        "false: everything static (a new text length recompiles too)."),
                 io.Boolean.Input("fullgraph", default=False,
                                  tooltip="Fail on a graph break instead of splitting the graph (a check: the "
