@@ -8,8 +8,8 @@ replayed, outputs living in a shared memory pool).
 For each case (in order, one process) it samples the stack and the same stack without Fastlane Compile from the same
 noise, and prints: new graphs compiled, seconds of that first compiled run and of a second one (warm), whether the
 output is finite, and the largest difference between the two latents relative to the uncompiled one's range.
-``--dynamic`` sets Fastlane Compile's input of that name (auto: sizes static until one changes; true: every size
-dynamic from the start). Random weights, like benchmarks/run.py.
+``--dynamic`` sets Fastlane Compile's input of that name (auto: image size and batch static, a new static graph per
+size; true: every size dynamic from the first compile). Random weights, like benchmarks/run.py.
 """
 from __future__ import annotations
 
@@ -77,27 +77,25 @@ def main(argv: list[str] | None = None) -> int:
             return comfy.sample.sample(model, noise, args.steps, cfg, "euler", scheduler, positive, negative, latent,
                                        disable_pbar=True, seed=0)
 
+        def timed_sample(model):
+            start = time.perf_counter()
+            out = sample(model)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return out, time.perf_counter() - start
+
         with torch.inference_mode():
             reference = sample(plain)
             counters.clear()
-            start = time.perf_counter()
-            out = sample(compiled)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-            start = time.perf_counter()
-            sample(compiled)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            warm = time.perf_counter() - start
+            out, seconds = timed_sample(compiled)
+            _, warm = timed_sample(compiled)
         graphs = int(counters["stats"]["unique_graphs"])
         finite = bool(torch.isfinite(out).all())
         rel = float((out.float() - reference.float()).abs().max() / reference.float().abs().max())
         ok = finite and rel < 0.05
         failures += not ok
         print(f"{case:>14s}: {'ok  ' if ok else 'FAIL'} new graphs {graphs}, {seconds:7.2f} s, warm {warm:6.3f} s, "
-              f"finite {finite}, "
-              f"max |compiled - uncompiled| / max |uncompiled| = {rel:.4f}", flush=True)
+              f"finite {finite}, max |compiled - uncompiled| / max |uncompiled| = {rel:.4f}", flush=True)
     return 1 if failures else 0
 
 
