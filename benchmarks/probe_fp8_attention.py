@@ -49,6 +49,18 @@ def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (x.float() * (E4M3_MAX / amax)).to(torch.float8_e4m3fn), amax / E4M3_MAX
 
 
+def _build_plans(g, all_plans: bool = False) -> None:
+    """Validate a frontend graph and build its execution plans: the heuristics' choice, or every plan offered."""
+    import cudnn
+
+    g.validate()
+    g.build_operation_graph()
+    modes = [cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK]
+    g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.B, cudnn.heur_mode.FALLBACK] if all_plans else modes)
+    g.check_support()
+    g.build_plans(cudnn.build_plan_policy.ALL if all_plans else cudnn.build_plan_policy.HEURISTICS_CHOICE)
+
+
 class CudnnFp8Attention:
     """cuDNN's fp8 SDPA forward for one shape/layout, built through the frontend; ``plan`` None = heuristics'."""
 
@@ -71,13 +83,7 @@ class CudnnFp8Attention:
         for amax in (amax_s, amax_o):
             amax.set_output(True).set_dim([1, 1, 1, 1]).set_stride([1, 1, 1, 1]).set_data_type(f32)
         t.update(o=o, amax_s=amax_s, amax_o=amax_o)
-        g.validate()
-        g.build_operation_graph()
-        modes = [cudnn.heur_mode.A, cudnn.heur_mode.B, cudnn.heur_mode.FALLBACK] if all_plans else \
-            [cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK]
-        g.create_execution_plans(modes)
-        g.check_support()
-        g.build_plans(cudnn.build_plan_policy.ALL if all_plans else cudnn.build_plan_policy.HEURISTICS_CHOICE)
+        _build_plans(g, all_plans)
         self.graph, self.t = g, t
         self.plans = [(i, g.get_plan_name_at_index(i)) for i in range(g.get_execution_plan_count())] if all_plans \
             else []
@@ -115,11 +121,7 @@ def _fe_bf16(q, k, v, implementation: str):
     o, _ = g.sdpa(q=tq, k=tk, v=tv, generate_stats=False, attn_scale=D ** -0.5,
                   implementation=getattr(cudnn.attention_implementation, implementation))
     o.set_output(True).set_dim([B, H, S, D]).set_stride([S * H * D, D, H * D, 1]).set_data_type(bf16)
-    g.validate()
-    g.build_operation_graph()
-    g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
-    g.check_support()
-    g.build_plans()
+    _build_plans(g)
     out = torch.empty(B, S, H, D, device=q.device, dtype=q.dtype)
     ws = torch.empty(max(g.get_workspace_size(), 1), device=q.device, dtype=torch.uint8)
 
@@ -251,13 +253,14 @@ def main() -> None:
                   f"{row.get('rel_max', float('nan')):.4f} | {row.get('rel_rms', float('nan')):.4f} |"
                   + (f" {row['error']}" if "error" in row else "")
                   + (f" graph: {row['graph_error']}" if "graph_error" in row else ""), flush=True)
-        row = {"sigma": sigma, "route": "emulated fp8 (fp32 math)", **_errors(emulate(q, k, v), ref)}
+        emulated = emulate(q, k, v)
+        row = {"sigma": sigma, "route": "emulated fp8 (fp32 math)", **_errors(emulated, ref)}
         if fp8_out is not None:
-            row["vs_fp8_kernel"] = _errors(emulate(q, k, v), fp8_out)
+            row["vs_fp8_kernel"] = _errors(emulated, fp8_out)
         info["rows"].append(row)
         print(f"| {sigma} | emulated fp8 | — | — | — | — | {row['rel_max']:.4f} | {row['rel_rms']:.4f} | vs the "
               f"kernel: {row.get('vs_fp8_kernel')}", flush=True)
-        del q, k, v, ref, fp8, fp8_rope
+        del q, k, v, ref, fp8, fp8_rope, emulated
         torch.cuda.empty_cache()
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
