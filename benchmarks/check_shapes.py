@@ -5,9 +5,11 @@ replayed, outputs living in a shared memory pool).
     python benchmarks/check_shapes.py --family sdxl --stack deepcache+compile_whole_ro \
         --cases 1024x1024x1,768x768x1,1024x1024x2,1024x1024x1
 
-For each case (in order, one process) it samples the stack and the same stack without Fastlane Compile from the same
-noise, and prints: new graphs compiled, seconds of that first compiled run and of a second one (warm), whether the
-output is finite, and the largest difference between the two latents relative to the uncompiled one's range.
+For each case (in order, one process) it samples the stack and the same stack without Fastlane Compile and Fastlane
+CUDA Graph from the same noise, and prints: new graphs compiled, seconds of that first run and of a second one
+(warm), whether the output is finite, and the largest difference between the two latents relative to the plain
+one's range (which must be 0 for the stacks that only record CUDA graphs over eager code: ``cudagraph``,
+``deepcache+cudagraph``).
 ``--dynamic`` sets Fastlane Compile's input of that name (auto: image size and batch static, a new static graph per
 size; true: every size dynamic from the first compile). Random weights, like benchmarks/run.py.
 """
@@ -24,10 +26,28 @@ sys.path.insert(0, str(BENCH_DIR))
 
 import run as bench  # noqa: E402  (benchmarks/run.py: ComfyUI import, pack loading, the node() helper)
 
-STACKS = {  # name -> (the stack without compile, the Fastlane Compile settings on top)
-    "deepcache+compile_whole_ro": (lambda m: bench.node("FastlaneDeepCache", m),
-                                   {"scope": "whole", "mode": "reduce-overhead"}),
-    "compile_whole_ro": (lambda m: m, {"scope": "whole", "mode": "reduce-overhead"}),
+def _compile(model, args, **settings):
+    settings = {**settings, "dynamic": args.dynamic, **({"mode": args.mode} if args.mode else {})}
+    return bench.node("FastlaneCompile", model, **settings)
+
+
+def _graph(model):
+    return bench.node("FastlaneCudaGraph", model)
+
+
+def _deepcache(model):
+    return bench.node("FastlaneDeepCache", model)
+
+
+STACKS = {  # name -> (the stack without the nodes under test, the nodes under test on top, bit-identical to it?)
+    "deepcache+compile_whole_ro": (_deepcache, lambda m, a: _compile(m, a, scope="whole", mode="reduce-overhead"),
+                                   False),
+    "compile_whole_ro": (lambda m: m, lambda m, a: _compile(m, a, scope="whole", mode="reduce-overhead"), False),
+    "cudagraph": (lambda m: m, lambda m, a: _graph(m), True),
+    "deepcache+cudagraph": (_deepcache, lambda m, a: _graph(m), True),
+    "compile_regional+cudagraph": (lambda m: m, lambda m, a: _graph(_compile(m, a, scope="regional")), False),
+    "deepcache+compile_regional+cudagraph": (_deepcache, lambda m, a: _graph(_compile(m, a, scope="regional")),
+                                             False),
 }
 
 
@@ -57,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     built = models.build_model(args.family, tiny=args.tiny, device=device,
                                dtype=dtype if device.type == "cuda" else torch.float32)
     cfg, scheduler = (7.0, "normal") if args.family == "sdxl" else (1.0, "simple")
-    plain_of, compile_settings = STACKS[args.stack]
+    plain_of, top_of, exact = STACKS[args.stack]
     plain = plain_of(built.patcher)
-    settings = {**compile_settings, "dynamic": args.dynamic, **({"mode": args.mode} if args.mode else {})}
-    compiled = bench.node("FastlaneCompile", plain, **settings)
-    print(f"stack {args.stack}, compile settings {settings}", flush=True)
+    compiled = top_of(plain, args)
+    print(f"stack {args.stack}, dynamic {args.dynamic}, mode override {args.mode}; must be bit-identical: {exact}",
+          flush=True)
 
     from torch._dynamo.utils import counters
 
@@ -92,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         graphs = int(counters["stats"]["unique_graphs"])
         finite = bool(torch.isfinite(out).all())
         rel = float((out.float() - reference.float()).abs().max() / reference.float().abs().max())
-        ok = finite and rel < 0.05
+        ok = finite and (rel == 0.0 if exact else rel < 0.05)
         failures += not ok
         print(f"{case:>14s}: {'ok  ' if ok else 'FAIL'} new graphs {graphs}, {seconds:7.2f} s, warm {warm:6.3f} s, "
               f"finite {finite}, max |compiled - uncompiled| / max |uncompiled| = {rel:.4f}", flush=True)

@@ -349,6 +349,10 @@ def attach(model, spec: CompileSpec):
     if spec.scope == "regional" and family is None:
         raise ValueError(f"regional compile knows the blocks of {', '.join(f.name for f in regions.families())}; "
                          f"this MODEL is {type(dm).__name__}: use scope 'whole'")
+    from . import cuda_graphs
+
+    if cuda_graphs.recorder_of(model) is not None:
+        cuda_graphs.check_compile_spec(spec)
     raise_recompile_limit()
     compiler = Compiler(spec, family)
     patched = model.clone()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..compilers import attention, engine
+from ..compilers import attention, cuda_graphs, engine
 
 CATEGORY = "fastlane/speed"
 
@@ -109,4 +109,37 @@ class FastlaneAttention(io.ComfyNode):
         return io.NodeOutput(patched, ui={"text": [text]})
 
 
-NODES = [FastlaneCompile, FastlaneAttention]
+class FastlaneCudaGraph(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FastlaneCudaGraph",
+            display_name="Fastlane CUDA Graph",
+            category=CATEGORY,
+            description="Record each diffusion-model call in a CUDA graph (one per image size and batch, ~0.2 s "
+                        "each) and replay it with one launch instead of thousands: for models whose steps are "
+                        "bound by the CPU launching kernels (SDXL). Alone it is lossless (the same kernels, "
+                        "bit-identical output); after or before Fastlane Compile 'regional' it replays the compiled "
+                        "blocks, close to a whole-model compile's speed without its minutes of compiling at each "
+                        "new size. Fastlane caches decide outside the graph; calls with ComfyUI patches, ControlNet "
+                        "or lowvram loading run without a graph (logged). NVIDIA GPUs only. The input MODEL is "
+                        "unchanged.",
+            inputs=[io.Model.Input("model", tooltip="The MODEL whose calls to record (FLUX or an SDXL/SD1.x UNet; "
+                                                    "on an NVIDIA GPU).")],
+            outputs=[io.Model.Output(tooltip="The model, recorded at the second call of each new size or batch "
+                                             "(the input MODEL is unchanged).")],
+        )
+
+    @classmethod
+    def execute(cls, model) -> io.NodeOutput:
+        if not hasattr(model, "clone") or not hasattr(model, "get_model_object"):
+            raise ValueError(f"Fastlane CUDA Graph needs a MODEL (a ComfyUI ModelPatcher), got {type(model).__name__}")
+        device = getattr(model, "load_device", None)
+        if getattr(device, "type", None) != "cuda":
+            raise ValueError(f"Fastlane CUDA Graph records NVIDIA CUDA graphs, and this model runs on {device}: "
+                             "bypass this node (Ctrl+B) on this machine")
+        patched, _ = cuda_graphs.attach(model)
+        return io.NodeOutput(patched)
+
+
+NODES = [FastlaneCompile, FastlaneAttention, FastlaneCudaGraph]

@@ -1,0 +1,345 @@
+"""The diffusion model's call recorded once in a CUDA graph per input signature, then replayed with one launch.
+
+Why: SDXL in ComfyUI is bound by the CPU launching ~1,800 kernels per call; inductor's own CUDA graphs
+(``reduce-overhead``) need the whole UNet compiled, ~2 minutes at every new image size. A graph recorded around
+the call takes ~0.2 s per size, over eager blocks (bit-identical to eager) or over Fastlane Compile's regional
+blocks (compiled once for all sizes they share).
+
+Mechanism: an APPLY_MODEL wrapper gives the diffusion model, for the length of one call, an instance ``_forward``
+(the method ComfyUI calls inside its DIFFUSION_MODEL wrappers, so Fastlane cachers keep deciding in Python outside
+the graph). Per signature (the shapes, dtypes and devices of the call's tensors, its other arguments, the
+attention override) the first call runs as usual (warm-up: regional compilation, library workspaces), the second
+is recorded, and later ones copy their tensors into the recorded inputs, replay, and return a copy of the output.
+Tensors the call leaves in ``transformer_options`` (Fastlane DeepCache's deep feature) come back the same way.
+
+Recorded only when replaying is exactly re-running: not while the model is partially loaded (lowvram: weights are
+copied in per call), and not for calls carrying ComfyUI patches or ControlNet residuals (their Python runs at each
+call and would not on a replay); those calls run as they would without this node, and the run's log says why.
+A graph reads the weights where they were when it was recorded: every sampling run checks their addresses, and a
+moved or replaced weight (a LoRA patched in, the model reloaded) drops the graphs, which are recorded again.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from . import regions
+
+KEY = "fastlane_cuda_graph"
+MAX_GRAPHS = 16  # per model; more signatures than this (many sizes in one session) start over
+SAFE_PATCH_FLAG = "fastlane_whole_compile_safe"  # a patch that only hands a tensor out (DeepCache's capture)
+log = logging.getLogger("fastlane")
+
+
+@dataclass
+class GraphRunStats:
+    calls: int = 0
+    replays: int = 0
+    recorded: int = 0
+    record_s: float = 0.0
+    graph_mib: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+
+@dataclass
+class Recording:
+    """What a replay needs: the graph, the tensors it reads (refilled per call) and the tensors it writes."""
+
+    replay: Callable[[], None]
+    inputs: list[torch.Tensor]
+    output: torch.Tensor
+    side_outputs: dict[str, torch.Tensor]
+
+
+def _flatten(args: tuple, kwargs: dict, options: dict) -> tuple[list[torch.Tensor], tuple]:
+    """The call's tensors (positional, keyword, and top-level in transformer_options), and a hashable signature of
+    the call: tensor layouts plus every other argument. None when an argument cannot be part of a signature."""
+    tensors: list[torch.Tensor] = []
+    signature: list = []
+
+    def add(name, value) -> None:
+        if isinstance(value, torch.Tensor):
+            tensors.append(value)
+            signature.append((name, tuple(value.shape), tuple(value.stride()), value.dtype, str(value.device)))
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            signature.append((name, value))
+        else:
+            raise TypeError(f"argument {name!r} of the call is a {type(value).__name__}")
+
+    for i, value in enumerate(args):
+        if value is not options:
+            add(i, value)
+    for name in sorted(kwargs):
+        if kwargs[name] is not options:
+            add(name, kwargs[name])
+    for name in sorted(options):
+        value = options[name]
+        if isinstance(value, torch.Tensor):
+            add(("options", name), value)
+        elif callable(value) and name == "optimized_attention_override":
+            signature.append((name, id(value)))
+    return tensors, tuple(signature)
+
+
+def _rebuild(args: tuple, kwargs: dict, options: dict, tensors: list[torch.Tensor]) -> tuple[tuple, dict, dict]:
+    """The call with its tensors replaced, in ``_flatten``'s order, by ``tensors``; options is a shallow copy."""
+    it = iter(tensors)
+    options_copy = dict(options)
+    new_args = tuple(options_copy if a is options else next(it) if isinstance(a, torch.Tensor) else a for a in args)
+    new_kwargs = {}
+    for name in sorted(kwargs):
+        value = kwargs[name]
+        new_kwargs[name] = options_copy if value is options else next(it) if isinstance(value, torch.Tensor) else value
+    for name in sorted(options):
+        if isinstance(options[name], torch.Tensor):
+            options_copy[name] = next(it)
+    return new_args, new_kwargs, options_copy
+
+
+def why_not_recorded(options: dict) -> str | None:
+    """Why this call must run unrecorded, or None: patches (other than a pure capture) run Python at every call that
+    a replay would skip. (ControlNet residuals, a dict argument, are refused by ``_flatten``.)"""
+    patches = options.get("patches", {})
+    unsafe = sorted(k for k, ps in patches.items() if any(not getattr(p, SAFE_PATCH_FLAG, False) for p in ps))
+    if unsafe:
+        return f"the MODEL carries ComfyUI patches ({', '.join(unsafe)})"
+    if any(options.get("patches_replace", {}).values()):
+        return "the MODEL carries block patches (a Fastlane block cache at 'blocks' granularity or another patch node)"
+    return None
+
+
+def weights_fingerprint(module: torch.nn.Module) -> int:
+    return hash(tuple((t.data_ptr(), t.dtype) for t in (*module.parameters(), *module.buffers())))
+
+
+class CudaGraphRecorder:
+    """One per node output; shared by the MODEL's clones through the wrappers' closures."""
+
+    def __init__(self, record: Callable[[Callable[[], Any]], tuple[Callable[[], None], Any]] | None = None) -> None:
+        """``record(fn)`` runs ``fn`` as recorded and returns (replay, what ``fn`` returned, rewritten by each
+        replay): a CUDA graph by default."""
+        self._record = record or record_cuda_graph
+        self._recordings: dict[tuple, Recording | None] = {}  # None: the signature was seen once (warm-up done)
+        self._failed: dict[tuple, str] = {}
+        self._fingerprint: int | None = None  # of the weights, taken at the run's first call
+        self._recorded_fingerprint: int | None = None  # of the weights the graphs read
+        self.run: GraphRunStats | None = None
+        self.runs: list[GraphRunStats] = []
+
+    def reset(self) -> None:
+        """Drop every recorded graph (and, with the last reference, its memory)."""
+        self._recordings.clear()
+        self._failed.clear()
+
+    # ---- one call ---------------------------------------------------------------------------------------------
+
+    def call(self, forward: Callable, args: tuple, kwargs: dict, options: dict):
+        run = self.run or GraphRunStats()
+        run.calls += 1
+        reason = why_not_recorded(options)
+        if reason is None:
+            try:
+                tensors, signature = _flatten(args, kwargs, options)
+            except TypeError as e:
+                reason = f"{e}: ControlNet residuals or another per-call structure a replay cannot refill"
+        if reason is not None:
+            run.note(f"calls ran without a CUDA graph: {reason}")
+            return forward(*args, **kwargs)
+        if signature in self._failed:
+            return forward(*args, **kwargs)
+        if signature not in self._recordings:
+            if len(self._recordings) >= MAX_GRAPHS:
+                run.note(f"more than {MAX_GRAPHS} call signatures (sizes, batches): graphs dropped and recorded again")
+                self.reset()
+            out = forward(*args, **kwargs)  # warm-up: compiles regional blocks, picks kernels; records nothing
+            self._recordings[signature] = None
+            return out
+        recording = self._recordings[signature]
+        if recording is None:
+            try:
+                recording = self._record_call(forward, args, kwargs, options, tensors, run)
+            except Exception as e:  # noqa: BLE001  (recording can fail in code we do not own: run it as it was)
+                self._failed[signature] = f"{type(e).__name__}: {e}"
+                run.note(f"a call could not be recorded, it runs without a CUDA graph ({type(e).__name__}: "
+                         f"{str(e)[:200]})")
+                log.warning("Fastlane CUDA graph: recording failed, running eagerly: %s", e)
+                return forward(*args, **kwargs)
+            self._recordings[signature] = recording
+        else:
+            for static, new in zip(recording.inputs, tensors):
+                static.copy_(new)
+        recording.replay()
+        run.replays += 1
+        for name, tensor in recording.side_outputs.items():
+            options[name] = tensor.clone()
+        return recording.output.clone()
+
+    def _record_call(self, forward: Callable, args: tuple, kwargs: dict, options: dict,
+                     tensors: list[torch.Tensor], run: GraphRunStats) -> Recording:
+        started = time.perf_counter()
+        statics = [t.clone() for t in tensors]
+        new_args, new_kwargs, options_copy = _rebuild(args, kwargs, options, statics)
+        keys_before = set(options_copy)
+
+        def run_once() -> tuple[Any, dict[str, torch.Tensor]]:
+            out = forward(*new_args, **new_kwargs)
+            side = {k: v for k, v in options_copy.items() if k not in keys_before and isinstance(v, torch.Tensor)}
+            for k in side:  # the next run (the capture after the warm-up) starts from the same options
+                del options_copy[k]
+            return out, side
+
+        memory_before = _reserved(statics)
+        replay, (output, side) = self._record(run_once)
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"the model returned a {type(output).__name__}, not a tensor")
+        for static, new in zip(statics, tensors):
+            static.copy_(new)
+        run.recorded += 1
+        run.record_s += time.perf_counter() - started
+        run.graph_mib += (_reserved(statics) - memory_before) / 2**20
+        return Recording(replay=replay, inputs=statics, output=output, side_outputs=side)
+
+    # ---- ComfyUI wrappers -------------------------------------------------------------------------------------------
+
+    def apply_model_wrapper(self, executor, *args, **kwargs):
+        base = executor.class_obj
+        dm = base.diffusion_model
+        if self._fingerprint is None:  # first call of the run: did the weights move since the graphs were recorded?
+            fingerprint = weights_fingerprint(dm)
+            if self._recordings and fingerprint != self._recorded_fingerprint:
+                if self.run:
+                    self.run.note("the weights moved or changed since the last run (LoRA, reload): graphs recorded "
+                                  "again")
+                self.reset()
+            self._fingerprint = self._recorded_fingerprint = fingerprint
+        if getattr(base, "model_lowvram", False):
+            if self.run:
+                self.run.calls += 1
+                self.run.note("the model is partially loaded (lowvram: weights copied in per call): no CUDA graph; "
+                              "free VRAM or load fewer models")
+            return executor(*args, **kwargs)
+        previous = dm.__dict__.get("_forward")
+        inner = previous if previous is not None else type(dm)._forward.__get__(dm)
+
+        def _forward(*a, **k):
+            options = k.get("transformer_options")
+            if options is None:
+                options = next((v for v in reversed(a) if isinstance(v, dict)), {})
+            return self.call(inner, a, k, options)
+
+        dm._forward = _forward
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            if previous is None:
+                dm.__dict__.pop("_forward", None)
+            else:
+                dm._forward = previous
+
+    def outer_sample_wrapper(self, executor, *args, **kwargs):
+        self.run = GraphRunStats()
+        self._fingerprint = None
+        started = time.perf_counter()
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            run, self.run = self.run, None
+            self.runs = [*self.runs[-15:], run]
+            self._log(run, time.perf_counter() - started)
+
+    def _log(self, run: GraphRunStats, wall_s: float) -> None:
+        recorded = (f"recorded {run.recorded} graph(s) in {run.record_s:.2f} s ({run.graph_mib:.0f} MiB more GPU "
+                    "memory held), "
+                    if run.recorded else "")
+        log.info("Fastlane CUDA graph: %s%d of %d calls replayed; run took %.1f s", recorded, run.replays, run.calls,
+                 wall_s)
+        for note in run.notes:
+            log.info("Fastlane CUDA graph: %s", note)
+
+    def report(self) -> dict[str, Any]:
+        last = self.runs[-1] if self.runs else None
+        return {"graphs": sum(r is not None for r in self._recordings.values()),
+                "last_run": None if last is None else {
+                    "calls": last.calls, "replays": last.replays, "recorded": last.recorded,
+                    "record_s": round(last.record_s, 3), "graph_mib": round(last.graph_mib, 1),
+                    "notes": list(last.notes)}}
+
+
+def _reserved(tensors: list[torch.Tensor]) -> int:
+    """GPU memory torch holds (its caching allocator and graph pools) on the call's device."""
+    device = next((t.device for t in tensors if t.device.type == "cuda"), None)
+    return torch.cuda.memory_reserved(device) if device is not None else 0
+
+
+_POOL = None
+
+
+def record_cuda_graph(fn: Callable[[], Any]) -> tuple[Callable[[], None], Any]:
+    """Record ``fn`` (already run once on these shapes) in a CUDA graph; returns (replay, the output it writes).
+    All of the process's graphs share one memory pool: they are replayed one at a time and their outputs are copied
+    out at once, so a later graph may reuse what an earlier one only needed while it ran."""
+    global _POOL
+    if _POOL is None:
+        _POOL = torch.cuda.graph_pool_handle()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # one more eager run off the capture stream, as torch's own recipe does
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=_POOL):
+        output = fn()
+    return graph.replay, output
+
+
+def attach(model, record: Callable | None = None):
+    """A clone of ``model`` whose diffusion-model calls are recorded and replayed as CUDA graphs; ``model`` itself
+    is left untouched. ``record`` replaces the CUDA recording (tests on machines without a GPU)."""
+    from comfy.patcher_extension import WrappersMP
+
+    from . import engine
+
+    dm = model.get_model_object("diffusion_model")
+    if regions.family_of(dm) is None or not hasattr(type(dm), "_forward"):
+        raise ValueError(f"Fastlane CUDA Graph knows FLUX and SDXL/SD1.x UNets; this MODEL is {type(dm).__name__}")
+    compiler = engine.compiler_of(model)
+    if compiler is not None:
+        check_compile_spec(compiler.spec)
+    recorder = CudaGraphRecorder(record)
+    patched = model.clone()
+    patched.remove_wrappers_with_key(WrappersMP.APPLY_MODEL, KEY)
+    patched.remove_wrappers_with_key(WrappersMP.OUTER_SAMPLE, KEY)
+    patched.add_wrapper_with_key(WrappersMP.APPLY_MODEL, KEY, recorder.apply_model_wrapper)
+    patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, KEY, recorder.outer_sample_wrapper)
+    from . import conds  # a copy from CPU memory inside the call would stall (and cannot be recorded)
+
+    conds.attach(patched)
+    return patched, recorder
+
+
+def check_compile_spec(spec) -> None:
+    """Fastlane Compile settings that already record graphs, or compile the whole model, do not stack with this."""
+    if spec.mode in ("reduce-overhead", "max-autotune"):
+        raise ValueError(f"Fastlane Compile's mode '{spec.mode}' records CUDA graphs itself: use one of the two "
+                         "(mode 'default' with this node, or that mode without it)")
+    if spec.scope == "whole":
+        raise ValueError("Fastlane Compile with scope 'whole' and this node: use Compile's mode 'reduce-overhead' "
+                         "for a whole-model graph, or scope 'regional' with this node")
+
+
+def recorder_of(model) -> CudaGraphRecorder | None:
+    from comfy.patcher_extension import WrappersMP
+
+    for wrapper in model.get_wrappers(WrappersMP.APPLY_MODEL, KEY):
+        owner = getattr(wrapper, "__self__", None)
+        if isinstance(owner, CudaGraphRecorder):
+            return owner
+    return None
