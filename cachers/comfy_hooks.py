@@ -23,6 +23,9 @@ RECORDER_KEY = "fastlane_recorder"  # set by the benchmark node; told which call
 # Set by Fastlane Compile (scope whole) for the call: ``compile_fn(cls, attr)`` gives ``cls.attr`` compiled with the
 # node's settings, so an adapter that runs part of the model itself (SDXL DeepCache's shallow pass) runs it compiled.
 COMPILE_FN_KEY = "fastlane_compile_fn"
+# Set by Fastlane CUDA Graph for the call: ``graph_fn(tag, fn, args, kwargs)`` runs ``fn(*args, **kwargs)`` recorded
+# in a CUDA graph per ``tag`` and signature, so an adapter's own partial pass (the shallow pass) replays too.
+GRAPH_FN_KEY = "fastlane_graph_fn"
 WRAPPER_KEY = "fastlane_cache"
 log = logging.getLogger("fastlane")
 

@@ -10,7 +10,8 @@ Mechanism: an APPLY_MODEL wrapper gives the diffusion model, for the length of o
 the graph). Per signature (the shapes, dtypes and devices of the call's tensors, its other arguments, the
 attention override) the first call runs as usual (warm-up: regional compilation, library workspaces), the second
 is recorded, and later ones copy their tensors into the recorded inputs, replay, and return a copy of the output.
-Tensors the call leaves in ``transformer_options`` (Fastlane DeepCache's deep feature) come back the same way.
+Tensors the call leaves in ``transformer_options`` (Fastlane DeepCache's deep feature) come back the same way, and
+DeepCache's shallow pass on cached steps is recorded as a function of its own (``GRAPH_FN_KEY``).
 
 Recorded only when replaying is exactly re-running: not while the model is partially loaded (lowvram: weights are
 copied in per call), and not for calls carrying ComfyUI patches or ControlNet residuals (their Python runs at each
@@ -27,6 +28,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..cachers.comfy_hooks import GRAPH_FN_KEY, transformer_options_of
 from . import regions
 
 KEY = "fastlane_cuda_graph"
@@ -141,13 +143,16 @@ class CudaGraphRecorder:
 
     # ---- one call ---------------------------------------------------------------------------------------------
 
-    def call(self, forward: Callable, args: tuple, kwargs: dict, options: dict):
+    def call(self, forward: Callable, args: tuple, kwargs: dict, options: dict, tag: str = "_forward"):
+        """``forward(*args, **kwargs)``: run (the first time per signature), recorded, or replayed. ``tag`` names
+        the function: calls of different functions never share a recording."""
         run = self.run or GraphRunStats()
         run.calls += 1
         reason = why_not_recorded(options)
         if reason is None:
             try:
                 tensors, signature = _flatten(args, kwargs, options)
+                signature = (tag, *signature)
             except TypeError as e:
                 reason = f"{e}: ControlNet residuals or another per-call structure a replay cannot refill"
         if reason is not None:
@@ -230,15 +235,15 @@ class CudaGraphRecorder:
         inner = previous if previous is not None else type(dm)._forward.__get__(dm)
 
         def _forward(*a, **k):
-            options = k.get("transformer_options")
-            if options is None:
-                options = next((v for v in reversed(a) if isinstance(v, dict)), {})
-            return self.call(inner, a, k, options)
+            return self.call(inner, a, k, transformer_options_of(a, k))
 
         dm._forward = _forward
+        call_options = transformer_options_of(args, kwargs)
+        call_options[GRAPH_FN_KEY] = lambda tag, fn, a, k: self.call(fn, a, k, call_options, tag)
         try:
             return executor(*args, **kwargs)
         finally:
+            call_options.pop(GRAPH_FN_KEY, None)
             if previous is None:
                 dm.__dict__.pop("_forward", None)
             else:

@@ -100,7 +100,8 @@ def test_deepcache_computed_calls_replay_with_their_deep_feature(sdxl, graph_fir
         recorder = recorder_of(model)
     run_sdxl(model)
     assert torch.equal(run_sdxl(model), reference)  # the cached steps reuse the deep feature the replays handed out
-    assert last_run(recorder)["replays"] == 3  # the computed steps 0, 3, 6; the shallow passes run without a graph
+    assert last_run(recorder)["replays"] == 9  # the full pass at steps 0, 3, 6 and the shallow pass at the others
+    assert recorder.report()["graphs"] == 2
 
 
 def test_new_weights_between_runs_are_recorded_again(sdxl):

@@ -12,7 +12,7 @@ ComfyUI's UNet runs ``input_blocks`` (each output pushed on the skip list ``hs``
   cache once ``_forward`` has returned. The patch itself is a pure tensor copy with no cache logic, so Fastlane
   Compile's whole-model graph (and its CUDA graphs) can trace it: computed steps then run one compiled graph, cached
   steps another (the shallow pass, offered compiled by Fastlane Compile), while the cache state (storing, Taylor
-  forecasts) stays in Python between them. On cached steps the adapter runs the shallow part itself, with the model's
+  forecasts) stays in Python between them. Fastlane CUDA Graph records the same two passes (``GRAPH_FN_KEY``). On cached steps the adapter runs the shallow part itself, with the model's
   own modules and ComfyUI's ``forward_timestep_embed``, takes ``h`` from the cache (reused, or Taylor-forecast
   with order > 0) and never calls the deep blocks. Honoured on that path: ``emb_patch``, ``input_block_patch``,
   ``input_block_patch_after_skip``, ``output_block_patch``, ``forward_timestep_embed_patch``, attention patches
@@ -39,7 +39,7 @@ from comfy.ldm.modules.attention import SpatialTransformer, SpatialVideoTransfor
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel, apply_control, forward_timestep_embed
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 
-from ..comfy_hooks import COMPILE_FN_KEY, transformer_options_of
+from ..comfy_hooks import COMPILE_FN_KEY, GRAPH_FN_KEY, transformer_options_of
 from ..session import Call, StepCache
 
 DEEP = "deep"
@@ -102,7 +102,13 @@ class SDXLAdapter:
             if not call.compute:
                 compile_fn = options.get(COMPILE_FN_KEY)
                 shallow = type(self).shallow_forward if compile_fn is None else compile_fn(type(self), "shallow_forward")
-                return shallow(self, executor.class_obj, call.forecast(DEEP), *args, **kwargs)
+                unet = executor.class_obj
+                graph_fn = options.get(GRAPH_FN_KEY)
+                if graph_fn is not None:
+                    return graph_fn(f"shallow pass, branch {self.branch}",
+                                    lambda feature, *a, **k: shallow(self, unet, feature, *a, **k),
+                                    (call.forecast(DEEP), *args), kwargs)
+                return shallow(self, unet, call.forecast(DEEP), *args, **kwargs)
             out = executor(*args, **kwargs)
             feature = options.get(DEEP_FEATURE_KEY)
             if feature is None:
