@@ -90,6 +90,21 @@ def test_flux_replays_give_the_eager_result_exactly(flux):
     assert last_run(recorder)["replays"] == 4
 
 
+@pytest.mark.parametrize("granularity, recorded", [("output", True), ("blocks", False)])
+def test_flux_caches_on_the_output_are_recorded_block_caches_are_not(flux, granularity, recorded, caplog):
+    caplog.set_level("INFO", logger="fastlane")
+
+    def target(model):
+        return NODE["FastlaneTargetSpeedCache"].execute(model=model, compute_fraction=0.5, order=1,
+                                                        granularity=granularity, **ALL).result[0]
+
+    reference = sample(target(flux), steps=8)
+    model, recorder = graphed(target(flux))
+    assert torch.equal(sample(model, steps=8), reference)
+    assert (last_run(recorder)["replays"] > 0) == recorded
+    assert ("block patches" in caplog.text) == (not recorded)
+
+
 @pytest.mark.parametrize("graph_first", [True, False], ids=["graph-then-deepcache", "deepcache-then-graph"])
 def test_deepcache_computed_calls_replay_with_their_deep_feature(sdxl, graph_first):
     reference = run_sdxl(deepcache(sdxl))
