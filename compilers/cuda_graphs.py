@@ -62,8 +62,9 @@ class Recording:
 
 
 def _flatten(args: tuple, kwargs: dict, options: dict) -> tuple[list[torch.Tensor], tuple]:
-    """The call's tensors (positional, keyword, and top-level in transformer_options), and a hashable signature of
-    the call: tensor layouts plus every other argument. None when an argument cannot be part of a signature."""
+    """The call's tensors (positional, keyword, and top-level in transformer_options: the sigmas), and a hashable
+    signature of the call: tensor layouts plus every other argument. TypeError for an argument a replay could not
+    refill (a dict of ControlNet residuals, an object)."""
     tensors: list[torch.Tensor] = []
     signature: list = []
 
