@@ -131,9 +131,9 @@ class CudaGraphRecorder:
         replay): a CUDA graph by default."""
         self._record = record or record_cuda_graph
         self._recordings: dict[tuple, Recording | None] = {}  # None: the signature was seen once (warm-up done)
-        self._failed: dict[tuple, str] = {}
-        self._fingerprint: int | None = None  # of the weights, taken at the run's first call
-        self._recorded_fingerprint: int | None = None  # of the weights the graphs read
+        self._failed: set[tuple] = set()
+        self._weights: int | None = None  # fingerprint of the weights the graphs read
+        self._weights_checked = False  # in this sampling run
         self.run: GraphRunStats | None = None
         self.runs: list[GraphRunStats] = []
 
@@ -173,7 +173,7 @@ class CudaGraphRecorder:
             try:
                 recording = self._record_call(forward, args, kwargs, options, tensors, run)
             except Exception as e:  # noqa: BLE001  (recording can fail in code we do not own: run it as it was)
-                self._failed[signature] = f"{type(e).__name__}: {e}"
+                self._failed.add(signature)
                 run.note(f"a call could not be recorded, it runs without a CUDA graph ({type(e).__name__}: "
                          f"{str(e)[:200]})")
                 log.warning("Fastlane CUDA graph: recording failed, running eagerly: %s", e)
@@ -218,14 +218,14 @@ class CudaGraphRecorder:
     def apply_model_wrapper(self, executor, *args, **kwargs):
         base = executor.class_obj
         dm = base.diffusion_model
-        if self._fingerprint is None:  # first call of the run: did the weights move since the graphs were recorded?
+        if not self._weights_checked:  # first call of the run: did the weights move since the graphs were recorded?
             fingerprint = weights_fingerprint(dm)
-            if self._recordings and fingerprint != self._recorded_fingerprint:
+            if self._recordings and fingerprint != self._weights:
                 if self.run:
                     self.run.note("the weights moved or changed since the last run (LoRA, reload): graphs recorded "
                                   "again")
                 self.reset()
-            self._fingerprint = self._recorded_fingerprint = fingerprint
+            self._weights, self._weights_checked = fingerprint, True
         if getattr(base, "model_lowvram", False):
             if self.run:
                 self.run.calls += 1
@@ -252,7 +252,7 @@ class CudaGraphRecorder:
 
     def outer_sample_wrapper(self, executor, *args, **kwargs):
         self.run = GraphRunStats()
-        self._fingerprint = None
+        self._weights_checked = False
         started = time.perf_counter()
         try:
             return executor(*args, **kwargs)
