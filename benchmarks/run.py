@@ -505,7 +505,7 @@ for _name, _families, _heavy, _make, _note in [
     ("compile_regional+cudagraph", ("flux", "sdxl"), True, lambda m: node("FastlaneCudaGraph", _compiled(m)),
      "Fastlane Compile regional, then Fastlane CUDA Graph around the whole call"),
     ("deepcache+cudagraph", ("sdxl",), False, lambda m: node("FastlaneCudaGraph", node("FastlaneDeepCache", m)),
-     "DeepCache defaults, then Fastlane CUDA Graph (computed calls replayed; shallow passes eager)"),
+     "DeepCache defaults, then Fastlane CUDA Graph (full and shallow passes replayed)"),
     ("deepcache+compile_regional+cudagraph", ("sdxl",), True,
      lambda m: node("FastlaneCudaGraph", _compiled(node("FastlaneDeepCache", m))),
      "DeepCache defaults, Fastlane Compile regional, Fastlane CUDA Graph"),

@@ -126,14 +126,15 @@ def weights_fingerprint(module: torch.nn.Module) -> int:
 class CudaGraphRecorder:
     """One per node output; shared by the MODEL's clones through the wrappers' closures."""
 
-    def __init__(self, record: Callable[[Callable[[], Any]], tuple[Callable[[], None], Any]] | None = None) -> None:
-        """``record(fn)`` runs ``fn`` as recorded and returns (replay, what ``fn`` returned, rewritten by each
-        replay): a CUDA graph by default."""
+    def __init__(self, record: Callable[[Callable[[], Any], Any], tuple[Callable[[], None], Any]] | None = None) -> None:
+        """``record(fn, pool)`` runs ``fn`` as recorded (its memory from ``pool``) and returns (replay, what ``fn``
+        returned, rewritten by each replay): a CUDA graph by default."""
         self._record = record or record_cuda_graph
         self._recordings: dict[tuple, Recording | None] = {}  # None: the signature was seen once (warm-up done)
         self._failed: set[tuple] = set()
         self._weights: int | None = None  # fingerprint of the weights the graphs read
         self._weights_checked = False  # in this sampling run
+        self._pool = None  # the memory pool this recorder's graphs share; lives as long as one of them does
         self.run: GraphRunStats | None = None
         self.runs: list[GraphRunStats] = []
 
@@ -141,6 +142,7 @@ class CudaGraphRecorder:
         """Drop every recorded graph (and, with the last reference, its memory)."""
         self._recordings.clear()
         self._failed.clear()
+        self._pool = None  # a pool outlives no graph: its handle must not be reused once they are gone
 
     # ---- one call ---------------------------------------------------------------------------------------------
 
@@ -203,7 +205,9 @@ class CudaGraphRecorder:
             return out, side
 
         memory_before = _reserved(statics)
-        replay, (output, side) = self._record(run_once)
+        if self._pool is None and torch.cuda.is_available():
+            self._pool = torch.cuda.graph_pool_handle()
+        replay, (output, side) = self._record(run_once, self._pool)
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"the model returned a {type(output).__name__}, not a tensor")
         for static, new in zip(statics, tensors):
@@ -285,23 +289,18 @@ def _reserved(tensors: list[torch.Tensor]) -> int:
     return torch.cuda.memory_reserved(device) if device is not None else 0
 
 
-_POOL = None
-
-
-def record_cuda_graph(fn: Callable[[], Any]) -> tuple[Callable[[], None], Any]:
+def record_cuda_graph(fn: Callable[[], Any], pool=None) -> tuple[Callable[[], None], Any]:
     """Record ``fn`` (already run once on these shapes) in a CUDA graph; returns (replay, the output it writes).
-    All of the process's graphs share one memory pool: they are replayed one at a time and their outputs are copied
-    out at once, so a later graph may reuse what an earlier one only needed while it ran."""
-    global _POOL
-    if _POOL is None:
-        _POOL = torch.cuda.graph_pool_handle()
+    A recorder's graphs share one memory pool: they are replayed one at a time and their outputs are copied out at
+    once, so a later graph may reuse what an earlier one only needed while it ran. (torch frees a pool with its
+    last graph, so a handle is never kept past them: reusing it fails an allocator assertion, seen on an H200.)"""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # one more eager run off the capture stream, as torch's own recipe does
         fn()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=_POOL):
+    with torch.cuda.graph(graph, pool=pool):
         output = fn()
     return graph.replay, output
 

@@ -25,7 +25,7 @@ def _tensors(recorded) -> list[torch.Tensor]:
     return [out, *(side[k] for k in sorted(side))]
 
 
-def replay_by_recomputing(fn):
+def replay_by_recomputing(fn, pool=None):
     recorded = fn()
 
     def replay():
@@ -178,7 +178,7 @@ def test_compile_that_records_or_compiles_the_whole_model_is_refused_in_either_o
 def test_a_recording_that_fails_runs_the_call_as_before(sdxl, caplog):
     caplog.set_level("INFO", logger="fastlane")
 
-    def failing(fn):
+    def failing(fn, pool=None):
         raise RuntimeError("operation not permitted when stream is capturing")
 
     reference = run_sdxl(sdxl)
