@@ -178,7 +178,9 @@ class CudaGraphRecorder:
                 self._failed.add(signature)
                 run.note(f"a call could not be recorded, it runs without a CUDA graph ({type(e).__name__}: "
                          f"{str(e)[:200]})")
-                log.warning("Fastlane CUDA graph: recording failed, running eagerly: %s", e)
+                log.warning("Fastlane CUDA graph: recording failed, running eagerly: %s. A failed recording can "
+                            "leave torch's CUDA state unusable for later compiles in this process: if errors follow, "
+                            "restart ComfyUI and bypass Fastlane CUDA Graph for this graph", e)
                 return forward(*args, **kwargs)
             self._recordings[signature] = recording
         else:
