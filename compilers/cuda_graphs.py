@@ -310,8 +310,6 @@ def record_cuda_graph(fn: Callable[[], Any], pool=None) -> tuple[Callable[[], No
 def attach(model, record: Callable | None = None):
     """A clone of ``model`` whose diffusion-model calls are recorded and replayed as CUDA graphs; ``model`` itself
     is left untouched. ``record`` replaces the CUDA recording (tests on machines without a GPU)."""
-    from comfy.patcher_extension import WrappersMP
-
     from . import engine
 
     dm = model.get_model_object("diffusion_model")
@@ -322,13 +320,7 @@ def attach(model, record: Callable | None = None):
         check_compile_spec(compiler.spec)
     recorder = CudaGraphRecorder(record)
     patched = model.clone()
-    patched.remove_wrappers_with_key(WrappersMP.APPLY_MODEL, KEY)
-    patched.remove_wrappers_with_key(WrappersMP.OUTER_SAMPLE, KEY)
-    patched.add_wrapper_with_key(WrappersMP.APPLY_MODEL, KEY, recorder.apply_model_wrapper)
-    patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, KEY, recorder.outer_sample_wrapper)
-    from . import conds  # a copy from CPU memory inside the call would stall (and cannot be recorded)
-
-    conds.attach(patched)
+    engine.install_call_wrappers(patched, KEY, recorder)
     return patched, recorder
 
 
@@ -343,10 +335,7 @@ def check_compile_spec(spec) -> None:
 
 
 def recorder_of(model) -> CudaGraphRecorder | None:
-    from comfy.patcher_extension import WrappersMP
+    """The recorder Fastlane CUDA Graph attached to a MODEL, or None."""
+    from .engine import wrapper_owner
 
-    for wrapper in model.get_wrappers(WrappersMP.APPLY_MODEL, KEY):
-        owner = getattr(wrapper, "__self__", None)
-        if isinstance(owner, CudaGraphRecorder):
-            return owner
-    return None
+    return wrapper_owner(model, KEY, CudaGraphRecorder)

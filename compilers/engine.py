@@ -360,21 +360,35 @@ def attach(model, spec: CompileSpec):
         patched.remove_wrappers_with_key(WrappersMP.APPLY_MODEL, "torch.compile")
         patched.model_options.pop("torch_compile_kwargs", None)
         log.info("Fastlane Compile replaces the TorchCompileModel compile of the MODEL it received")
-    patched.remove_wrappers_with_key(WrappersMP.APPLY_MODEL, KEY)
-    patched.remove_wrappers_with_key(WrappersMP.OUTER_SAMPLE, KEY)
-    patched.add_wrapper_with_key(WrappersMP.APPLY_MODEL, KEY, compiler.apply_model_wrapper)
-    patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, KEY, compiler.outer_sample_wrapper)
-    conds.attach(patched)
+    install_call_wrappers(patched, KEY, compiler)
     return patched, compiler
+
+
+def install_call_wrappers(patched, key: str, owner) -> None:
+    """Put ``owner``'s APPLY_MODEL and OUTER_SAMPLE wrappers on ``patched`` (a clone the caller owns) under ``key``,
+    replacing any earlier ones of that key, and keep the run's conditioning on the GPU (a copy from CPU memory inside
+    a call stalls the stream, and cannot be recorded in a CUDA graph)."""
+    from comfy.patcher_extension import WrappersMP
+
+    patched.remove_wrappers_with_key(WrappersMP.APPLY_MODEL, key)
+    patched.remove_wrappers_with_key(WrappersMP.OUTER_SAMPLE, key)
+    patched.add_wrapper_with_key(WrappersMP.APPLY_MODEL, key, owner.apply_model_wrapper)
+    patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, key, owner.outer_sample_wrapper)
+    conds.attach(patched)
+
+
+def wrapper_owner(model, key: str, cls: type):
+    """The ``cls`` object whose APPLY_MODEL wrapper ``model`` carries under ``key``, or None."""
+    from comfy.patcher_extension import WrappersMP
+
+    for wrapper in model.get_wrappers(WrappersMP.APPLY_MODEL, key):
+        owner = getattr(wrapper, "__self__", None)
+        if isinstance(owner, cls):
+            return owner
+    return None
 
 
 def compiler_of(model) -> Compiler | None:
     """The Compiler attached to a MODEL by the compile node (for reports and the benchmark), or None."""
-    from comfy.patcher_extension import WrappersMP
-
-    for wrapper in model.get_wrappers(WrappersMP.APPLY_MODEL, KEY):
-        owner = getattr(wrapper, "__self__", None)
-        if isinstance(owner, Compiler):
-            return owner
-    return None
+    return wrapper_owner(model, KEY, Compiler)
 
