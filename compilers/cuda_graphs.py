@@ -268,8 +268,8 @@ class CudaGraphRecorder:
             self._log(run, time.perf_counter() - started)
 
     def _log(self, run: GraphRunStats, wall_s: float) -> None:
-        recorded = (f"recorded {run.recorded} graph(s) in {run.record_s:.2f} s ({run.graph_mib:.0f} MiB more GPU "
-                    "memory held), "
+        recorded = (f"recorded {run.recorded} graph(s) in {run.record_s:.2f} s (GPU memory torch reserves: "
+                    f"{run.graph_mib:+.0f} MiB across the recordings), "
                     if run.recorded else "")
         log.info("Fastlane CUDA graph: %s%d of %d calls replayed; run took %.1f s", recorded, run.replays, run.calls,
                  wall_s)
