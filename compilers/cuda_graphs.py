@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
 from ..cachers.comfy_hooks import GRAPH_FN_KEY, transformer_options_of
 from . import regions
+from .engine import RunNotes
 
 KEY = "fastlane_cuda_graph"
 MAX_GRAPHS = 16  # per model; more signatures than this (many sizes in one session) start over
@@ -38,17 +39,12 @@ log = logging.getLogger("fastlane")
 
 
 @dataclass
-class GraphRunStats:
+class GraphRunStats(RunNotes):
     calls: int = 0
     replays: int = 0
     recorded: int = 0
     record_s: float = 0.0
     graph_mib: float = 0.0
-    notes: list[str] = field(default_factory=list)
-
-    def note(self, text: str) -> None:
-        if text not in self.notes:
-            self.notes.append(text)
 
 
 @dataclass

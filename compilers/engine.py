@@ -66,18 +66,24 @@ class CompileSpec:
 
 
 @dataclass
-class RunStats:
+class RunNotes:
+    """What a sampling run should tell the user, each said once (the log lines after the run)."""
+
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+
+@dataclass
+class RunStats(RunNotes):
     calls: int = 0
     compiled_calls: int = 0
     graphs: int = 0
     compile_s: float = 0.0
     paths: dict[str, int] = field(default_factory=dict)  # "regional (57 blocks)", "whole", ... -> calls
     eager_blocks: int = 0
-    notes: list[str] = field(default_factory=list)
-
-    def note(self, text: str) -> None:
-        if text not in self.notes:
-            self.notes.append(text)
 
 
 def _compile_seconds() -> float:

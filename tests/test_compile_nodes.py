@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from tiny_models import BlockCounter, flux_conditioning, sample, sdxl_conditioning, tiny_flux, tiny_sdxl
+from tiny_models import (BlockCounter, flux_conditioning, sample, sdxl_conditioning, tiny_flux, tiny_sdxl,
+                         with_input_block_patch)
 
 NODE = nodes.NODE_CLASS_MAPPINGS
 ALL = dict(start=0.0, end=1.0)
@@ -327,12 +328,7 @@ def test_sdxl_whole_scope_with_deepcache_computing_every_step_is_plain_whole_com
 def test_sdxl_whole_scope_yields_to_other_block_patches(sdxl, caplog):
     caplog.set_level("INFO", logger="fastlane")
 
-    def with_patch(model):
-        patched = model.clone()
-        patched.set_model_input_block_patch(lambda h, options: h * 1.01)
-        return patched
-
-    reference = run_sdxl(deepcache(with_patch(sdxl)))
-    out = run_sdxl(compiled(deepcache(with_patch(sdxl)), scope="whole"))
+    reference = run_sdxl(deepcache(with_input_block_patch(sdxl)))
+    out = run_sdxl(compiled(deepcache(with_input_block_patch(sdxl)), scope="whole"))
     assert "compiled per block instead" in caplog.text
     assert close(out, reference)

@@ -13,7 +13,7 @@ import nodes
 import pytest
 import torch
 
-from tiny_models import sample, sdxl_conditioning, tiny_flux, tiny_sdxl
+from tiny_models import sample, sdxl_conditioning, tiny_flux, tiny_sdxl, with_input_block_patch
 
 NODE = nodes.NODE_CLASS_MAPPINGS
 ALL = dict(start=0.0, end=1.0)
@@ -138,13 +138,8 @@ def test_new_weights_between_runs_are_recorded_again(sdxl):
 def test_calls_with_patches_run_without_a_graph_and_say_why(sdxl, caplog):
     caplog.set_level("INFO", logger="fastlane")
 
-    def with_patch(model):
-        patched = model.clone()
-        patched.set_model_input_block_patch(lambda h, options: h * 1.01)
-        return patched
-
-    reference = run_sdxl(with_patch(sdxl))
-    model, recorder = graphed(with_patch(sdxl))
+    reference = run_sdxl(with_input_block_patch(sdxl))
+    model, recorder = graphed(with_input_block_patch(sdxl))
     assert torch.equal(run_sdxl(model), reference)
     assert last_run(recorder)["replays"] == 0
     assert "ComfyUI patches (input_block_patch)" in caplog.text

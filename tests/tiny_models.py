@@ -106,3 +106,10 @@ def sdxl_conditioning(seed: int = 0, tokens: int = 8, batch: int = 1, size: int 
     pooled = torch.randn(batch, SDXL_POOLED_DIM, generator=g)
     return [[context, {"pooled_output": pooled, "width": size, "height": size, "crop_w": 0, "crop_h": 0,
                        "target_width": size, "target_height": size}]]
+
+
+def with_input_block_patch(model):
+    """A clone of ``model`` with a ComfyUI input-block patch (Python that runs per call, like FreeU or IP-Adapter)."""
+    patched = model.clone()
+    patched.set_model_input_block_patch(lambda h, options: h * 1.01)
+    return patched
