@@ -146,12 +146,14 @@ def import_comfyui(use_cpu: bool) -> dict[str, Any]:
             failed[mod] = f"{type(e).__name__}: {e}"
 
     comfy_root = Path(comfy.model_management.__file__).resolve().parents[1]
-    version = "?"
+    return {"path": str(comfy_root), "version": comfyui_version(comfy_root), "stubbed_modules": stubbed,
+            "import_failures": failed}
+
+
+def comfyui_version(comfy_root: Path) -> str:
     vfile = comfy_root / "comfyui_version.py"
-    if vfile.exists():
-        m = re.search(r'__version__\s*=\s*"([^"]+)"', vfile.read_text())
-        version = m.group(1) if m else "?"
-    return {"path": str(comfy_root), "version": version, "stubbed_modules": stubbed, "import_failures": failed}
+    m = re.search(r'__version__\s*=\s*"([^"]+)"', vfile.read_text()) if vfile.exists() else None
+    return m.group(1) if m else "?"
 
 
 def hide_stubs() -> None:

@@ -31,8 +31,9 @@ def comfyui_path() -> Path:
 _loaded = False
 
 
-def load() -> None:
-    """Import ComfyUI on the CPU, its built-in extra nodes, and this pack (once per process)."""
+def load(cpu: bool = True) -> None:
+    """Import ComfyUI (on the CPU unless told otherwise: benchmarks/run_workflows.py runs graphs on the GPU), its
+    built-in extra nodes, and this pack (once per process)."""
     global _loaded
     if _loaded:
         return
@@ -41,7 +42,7 @@ def load() -> None:
         sys.path.insert(0, comfy_dir)
     from comfy.cli_args import args
 
-    args.cpu = True
+    args.cpu = cpu
     args.disable_all_custom_nodes = True  # only this pack, loaded explicitly below
     import comfy.model_management  # noqa: F401  (reads args.cpu at import)
     import nodes
@@ -77,8 +78,8 @@ class GraphRunner:
     """Validates and executes API-format graphs with ComfyUI's own PromptExecutor, keeping its node-output cache
     between runs the way a long-running ComfyUI server does."""
 
-    def __init__(self) -> None:
-        load()
+    def __init__(self, cpu: bool = True) -> None:
+        load(cpu)
         import execution
 
         self.sink = _MessageSink()

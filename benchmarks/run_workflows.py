@@ -1,0 +1,242 @@
+"""Run the shipped workflow files end to end, as a headless ComfyUI runs an API-format workflow, and time each image.
+
+    python3 benchmarks/run_workflows.py --workflows sdxl-baseline,sdxl-balanced,sdxl-fastest,sdxl-compare \
+        --images 3 --out out/workflows
+
+benchmarks/run.py times the sampler around a model built in memory. This times what a user waits for: ComfyUI's own
+PromptExecutor validates and executes the workflow file from ``workflows/api/`` (checkpoint loader, text encoders,
+the Fastlane nodes, KSampler, VAE decode, SaveImage), the way the server executes a queued prompt. No real weights
+are reachable here, so the checkpoint the files name is written first: SDXL's real architecture (UNet, the CLIP-L and
+CLIP-G text encoders, VAE) with random weights, saved by ComfyUI's own ``save_checkpoint`` in the original SDXL layout,
+so that ``CheckpointLoaderSimple`` detects and loads it as it loads ``sd_xl_base_1.0.safetensors``.
+
+All workflows run in one process, in the order given, each ``--images`` times with a new seed each time: ComfyUI
+then executes the sampler and what follows again and keeps the loader's and text encoders' outputs, as a running
+server does. Image 1 of a workflow includes its compilation and graph recording (and, for the first workflow,
+loading the checkpoint); the later images are what each further image costs. ``sampling s`` is the time inside
+``comfy.sample.sample`` (the sampler alone; the rest of an image is text encoding, VAE decode and writing the PNG).
+Random weights: the images are noise; timing and "it runs" only.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+PACK_DIR = BENCH_DIR.parent
+sys.path[:0] = [str(BENCH_DIR), str(PACK_DIR / "tests")]
+
+import run as bench  # noqa: E402  (benchmarks/run.py: log, module stand-ins, the environment record)
+
+WORKFLOWS = PACK_DIR / "workflows" / "api"
+SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
+# comfy.sd.VAE's SD1.x/SDXL autoencoder (its default when a state dict names no other kind)
+SD_VAE_CONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+                 "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+
+
+def write_random_sdxl_checkpoint(path: Path, device) -> dict[str, Any]:
+    """SDXL with random weights, written in the layout of the real base checkpoint (see the module docstring)."""
+    import comfy.model_management as mm
+    import comfy.sd
+    import models
+    import torch
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    started = time.perf_counter()
+    built = models.build_model("sdxl", device=device, dtype=torch.float16)
+    placement = {"initial_device": device, "load_device": device, "offload_device": device}
+    clip = comfy.sd.CLIP(target=built.patcher.model.model_config.clip_target(), model_options=placement)
+    models.random_init_(clip.cond_stage_model, seed=1)
+    autoencoder = AutoencoderKL(ddconfig=SD_VAE_CONFIG, embed_dim=4)
+    models.random_init_(autoencoder, seed=2)
+    vae = comfy.sd.VAE(sd=autoencoder.state_dict())
+    comfy.sd.save_checkpoint(str(path), built.patcher, clip, vae, metadata={"fastlane": bench.RANDOM_WEIGHTS_NOTE})
+    del built, clip, vae, autoencoder
+    mm.unload_all_models()
+    mm.soft_empty_cache()
+    return {"file": path.name, "gib": round(path.stat().st_size / 2**30, 2),
+            "written_s": round(time.perf_counter() - started, 1)}
+
+
+class FastlaneLines(logging.Handler):
+    """Keeps the Fastlane nodes' log lines (compilation, graph recording, cache summaries) of the current image."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg.startswith("Fastlane") or record.levelno >= logging.WARNING:
+            self.lines.append(msg)
+            print(f"    [{record.levelname.lower()}] {msg}", flush=True)
+
+
+class SamplerClock:
+    """Times each ``comfy.sample.sample`` call (what KSampler runs), synchronised, for the sampler's share of an
+    image."""
+
+    def __init__(self, device) -> None:
+        import comfy.sample
+
+        self.device, self.calls = device, []
+        self._original = comfy.sample.sample
+        comfy.sample.sample = self._timed
+
+    def _timed(self, *args, **kwargs):
+        bench.sync(self.device)
+        started = time.perf_counter()
+        try:
+            return self._original(*args, **kwargs)
+        finally:
+            bench.sync(self.device)
+            self.calls.append(time.perf_counter() - started)
+
+
+def prepared(prompt: dict, image: int, size: int | None, steps: int | None) -> dict:
+    """The workflow with a new seed per image (so ComfyUI samples again) and, for smoke runs, a smaller job."""
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "KSampler":
+            inputs["seed"] += image
+            if steps:
+                inputs["steps"] = steps
+        if size and node["class_type"] in ("EmptyLatentImage", "EmptySD3LatentImage"):
+            inputs["width"] = inputs["height"] = size
+    return prompt
+
+
+def saved_images(result: dict, output_dir: Path) -> list[Path]:
+    return [output_dir / entry["subfolder"] / entry["filename"]
+            for ui in result["ui"].values() for entry in ui.get("images", []) if entry.get("type") == "output"]
+
+
+def run_workflow(runner, name: str, args, output_dir: Path, lines: FastlaneLines, clock: SamplerClock) -> dict:
+    prompt = json.loads((WORKFLOWS / f"fastlane-{name}.api.json").read_text())
+    images = []
+    for i in range(args.images):
+        lines.lines, clock.calls = [], []
+        bench.log(f"{name}: image {i + 1}/{args.images}")
+        started = time.perf_counter()
+        try:
+            result = runner.run(prepared(prompt, i, args.size, args.steps))
+        except Exception as e:  # noqa: BLE001  (recorded: the table says which workflow failed and why)
+            bench.log(f"{name}: image {i + 1} FAILED: {type(e).__name__}: {e}")
+            return {"workflow": name, "status": f"error: {type(e).__name__}: {str(e)[:300]}", "images": images}
+        bench.sync(clock.device)
+        files = saved_images(result, output_dir)
+        texts = [t for ui in result["ui"].values() for t in ui.get("text", [])]
+        images.append({"image_s": round(time.perf_counter() - started, 3),
+                       "sampling_s": [round(s, 3) for s in clock.calls],
+                       "saved": [{"file": f.name, "bytes": f.stat().st_size} for f in files if f.is_file()],
+                       "missing": [f.name for f in files if not f.is_file()],
+                       "fastlane_log": list(lines.lines), "text_outputs": texts})
+        bench.log(f"{name}: image {i + 1}: {images[-1]['image_s']:.2f} s, sampler {images[-1]['sampling_s']}")
+    return {"workflow": name, "status": "ok", "images": images}
+
+
+def summary_row(result: dict, baseline: dict | None) -> dict:
+    images = result["images"]
+    later = images[1:] or images
+    row = {"workflow": result["workflow"], "status": result["status"],
+           "first_image_s": images[0]["image_s"] if images else None,
+           "image_s": statistics.median(i["image_s"] for i in later) if later else None,
+           "sampling_s": statistics.median(sum(i["sampling_s"]) for i in later) if later else None}
+    if baseline and row["image_s"] and baseline.get("image_s"):
+        row["vs_baseline_image"] = round(baseline["image_s"] / row["image_s"], 2)
+        row["vs_baseline_sampling"] = round(baseline["sampling_s"] / row["sampling_s"], 2)
+    return row
+
+
+def markdown(env: dict, checkpoint: dict, rows: list[dict], results: list[dict], args) -> str:
+    out = [f"# Shipped workflows, end to end — {bench.RANDOM_WEIGHTS_NOTE}", "",
+           f"- device: {env.get('device_name')} · torch {env['torch']} · ComfyUI {env['comfyui']} · "
+           f"date (UTC) {env['date_utc']}",
+           f"- command: `{env['command']}`",
+           f"- checkpoint: {checkpoint['file']} ({checkpoint['gib']} GiB, random weights, written in "
+           f"{checkpoint['written_s']} s by ComfyUI's save_checkpoint, loaded by CheckpointLoaderSimple)",
+           f"- {args.images} image(s) per workflow, a new seed each; size/steps as in the files"
+           + (f", except size {args.size}" if args.size else "") + (f", steps {args.steps}" if args.steps else ""),
+           "", "| workflow | status | image 1 s | later images s (median) | sampler s | vs baseline: image | "
+           "vs baseline: sampler |", "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['workflow']} | {r['status'][:60]} | {r['first_image_s'] or '–'} | {r['image_s'] or '–'} | "
+                   f"{r['sampling_s'] if r['sampling_s'] is not None else '–'} | "
+                   f"{r.get('vs_baseline_image', '–')} | {r.get('vs_baseline_sampling', '–')} |")
+    out += ["", "Fastlane's log of each workflow's first image:"]
+    for res in results:
+        first = res["images"][0]["fastlane_log"] if res["images"] else []
+        out.append(f"- **{res['workflow']}**: " + ("; ".join(first) if first else "(none)"))
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workflows", default="sdxl-baseline,sdxl-balanced,sdxl-fastest,sdxl-compare",
+                   help="names under workflows/api/ without 'fastlane-' and '.api.json'; the first is the baseline")
+    p.add_argument("--images", type=int, default=3, help="images per workflow (a new seed each)")
+    p.add_argument("--size", type=int, help="override the latent's width and height (smoke runs)")
+    p.add_argument("--steps", type=int, help="override the sampler's steps (smoke runs)")
+    p.add_argument("--cpu", action="store_true", help="run ComfyUI on the CPU (a smoke run of this script)")
+    p.add_argument("--out", type=Path, default=Path("out/workflows"))
+    args = p.parse_args(argv)
+    names = [n.strip() for n in args.workflows.split(",") if n.strip()]
+    if any(not n.startswith("sdxl-") for n in names):
+        raise SystemExit("only the SDXL workflows have a checkpoint writer so far (sdxl-*)")
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    stubbed = bench.stub_missing_modules()
+    import comfy_host
+
+    runner = comfy_host.GraphRunner(cpu=args.cpu)
+    bench.hide_stubs()
+    import comfy.model_management as mm
+    import folder_paths
+
+    logging.getLogger().setLevel(logging.INFO)
+    lines = FastlaneLines()
+    logging.getLogger().addHandler(lines)
+    device = mm.get_torch_device()
+    root = comfy_host.comfyui_path()
+    env = bench.environment(device, {"version": bench.comfyui_version(root), "path": str(root),
+                                     "stubbed_modules": stubbed})
+    bench.log(f"device {env.get('device_name')}, torch {env['torch']}, ComfyUI {env['comfyui']}")
+
+    scratch = Path(tempfile.mkdtemp(prefix="fastlane_workflows_"))
+    (scratch / "checkpoints").mkdir()
+    folder_paths.add_model_folder_path("checkpoints", str(scratch / "checkpoints"), is_default=True)
+    folder_paths.set_output_directory(str(scratch / "output"))
+    bench.log(f"writing a random-weight SDXL checkpoint under {scratch}")
+    checkpoint = write_random_sdxl_checkpoint(scratch / "checkpoints" / SDXL_CHECKPOINT, device)
+    bench.log(f"checkpoint: {checkpoint}")
+
+    clock = SamplerClock(device)
+    try:
+        results = [run_workflow(runner, name, args, scratch / "output", lines, clock) for name in names]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # the checkpoint alone is ~7 GB
+    rows, baseline = [], None
+    for res in results:
+        rows.append(summary_row(res, baseline))
+        baseline = baseline or rows[0]
+    text = markdown(env, checkpoint, rows, results, args)
+    print("\n" + text, flush=True)
+    (args.out / "results.md").write_text(text)
+    (args.out / "results.json").write_text(json.dumps(
+        {"environment": env, "checkpoint": checkpoint, "summary": rows, "workflows": results}, indent=2))
+    return 0 if all(r["status"] == "ok" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
