@@ -183,7 +183,6 @@ def _chain(*steps: tuple[str, dict]) -> Callable:
 
 TARGET = {"granularity": "auto", "order": 2, "start": 0.0, "end": 1.0}
 COMPILE = {"scope": "regional", "backend": "inductor", "mode": "default", "dynamic": "auto", "fullgraph": False}
-COMPILE_WHOLE_CUDA_GRAPHS = {**COMPILE, "scope": "whole", "mode": "reduce-overhead"}
 FLUX_FILES_TEXT = ("Model files (ComfyUI's folders): `models/diffusion_models/flux1-dev.safetensors`, "
                    "`models/text_encoders/t5xxl_fp16.safetensors` and `clip_l.safetensors`, `models/vae/ae.safetensors`.")
 SDXL_FILES_TEXT = f"Model file: `models/checkpoints/{SDXL_FILE}`."
@@ -220,24 +219,6 @@ def sdxl_baseline() -> Workflow:
                       f"reference for the other Fastlane SDXL workflows.\n\n{SDXL_FILES_TEXT}", "fastlane-sdxl-baseline")
 
 
-CUDA_GRAPHS_TEXT = ("→ **Compile** scope whole, mode reduce-overhead: the computed steps and the cached (shallow) "
-                    "steps each run as one CUDA graph, which removes the CPU's kernel launches that bound an SDXL "
-                    "step. NVIDIA GPUs only (delete the Compile node elsewhere). The first run at a new size compiles "
-                    "for about two minutes; queue it twice.")
-
-
-def _sdxl_deepcache_compiled(interval: int, tier: str, what: str) -> Workflow:
-    """DeepCache at ``interval`` then Fastlane Compile whole with CUDA graphs."""
-    return _sdxl_base(_chain(("FastlaneDeepCache", {"interval": interval, "branch": 0, "start": 0.0, "end": 1.0}),
-                             ("FastlaneCompile", COMPILE_WHOLE_CUDA_GRAPHS)),
-                      f"SDXL {tier}", f"## SDXL, {tier}\n\n**DeepCache interval {interval}** ({what}) "
-                      f"{CUDA_GRAPHS_TEXT}\n\n{SDXL_FILES_TEXT}\n\nSpeed: {FIGURES}.", f"fastlane-sdxl-{tier}")
-
-
-def sdxl_balanced() -> Workflow:
-    return _sdxl_deepcache_compiled(3, "balanced", "the deep UNet on every third step")
-
-
 RECORDED_TEXT = ("→ **Compile** regional (each block kind compiled once, ~40 s on the first run) → **CUDA Graph**: "
                  "the computed steps and the cached (shallow) steps are each recorded once as a CUDA graph and "
                  "replayed, which removes the CPU's kernel launches that bound an SDXL step. A new image size costs "
@@ -245,13 +226,21 @@ RECORDED_TEXT = ("→ **Compile** regional (each block kind compiled once, ~40 s
                  "(bypass Compile and CUDA Graph elsewhere); queue it twice.")
 
 
-def sdxl_fastest() -> Workflow:
-    """DeepCache defaults, regional compile, and the whole call recorded as CUDA graphs by Fastlane CUDA Graph."""
-    return _sdxl_base(_chain(("FastlaneDeepCache", {"interval": 5, "branch": 0, "start": 0.0, "end": 1.0}),
+def _sdxl_recorded(interval: int, tier: str, what: str) -> Workflow:
+    """DeepCache at ``interval``, regional compile, and the whole call recorded as CUDA graphs by Fastlane CUDA
+    Graph."""
+    return _sdxl_base(_chain(("FastlaneDeepCache", {"interval": interval, "branch": 0, "start": 0.0, "end": 1.0}),
                              ("FastlaneCompile", COMPILE), ("FastlaneCudaGraph", {})),
-                      "SDXL fastest", "## SDXL, fastest\n\n**DeepCache interval 5** (its defaults: the deep UNet on "
-                      f"every fifth step) {RECORDED_TEXT}\n\n{SDXL_FILES_TEXT}\n\nSpeed: {FIGURES}.",
-                      "fastlane-sdxl-fastest")
+                      f"SDXL {tier}", f"## SDXL, {tier}\n\n**DeepCache interval {interval}** ({what}) "
+                      f"{RECORDED_TEXT}\n\n{SDXL_FILES_TEXT}\n\nSpeed: {FIGURES}.", f"fastlane-sdxl-{tier}")
+
+
+def sdxl_balanced() -> Workflow:
+    return _sdxl_recorded(3, "balanced", "the deep UNet on every third step")
+
+
+def sdxl_fastest() -> Workflow:
+    return _sdxl_recorded(5, "fastest", "its defaults: the deep UNet on every fifth step")
 
 
 def _compare(accelerated: Workflow, name: str, title: str, note: str) -> Workflow:
