@@ -4,16 +4,17 @@
         --images 3 --out out/workflows
 
 benchmarks/run.py times the sampler around a model built in memory. This times what a user waits for: ComfyUI's own
-PromptExecutor validates and executes the workflow file from ``workflows/api/`` (checkpoint loader, text encoders,
-the Fastlane nodes, KSampler, VAE decode, SaveImage), the way the server executes a queued prompt. No real weights
-are reachable here, so the checkpoint the files name is written first: SDXL's real architecture (UNet, the CLIP-L and
-CLIP-G text encoders, VAE) with random weights, saved by ComfyUI's own ``save_checkpoint`` in the original SDXL layout,
-so that ``CheckpointLoaderSimple`` detects and loads it as it loads ``sd_xl_base_1.0.safetensors``.
+PromptExecutor validates and executes the workflow file from ``workflows/api/`` (model loaders, text encoders, the
+Fastlane nodes, KSampler, VAE decode, SaveImage), the way the server executes a queued prompt. No real weights are
+reachable here, so the model files the workflows name are written first: the real architectures (SDXL's checkpoint;
+FLUX.1-dev's diffusion model, CLIP-L, T5-XXL and autoencoder) with random weights, each in the layout of the
+published file, so that ComfyUI's loaders detect and load them as they load the real ones (and keep them in RAM
+until sampling moves them to the GPU, as with real files).
 
 All workflows run in one process, in the order given, each ``--images`` times with a new seed each time: ComfyUI
 then executes the sampler and what follows again and keeps the loader's and text encoders' outputs, as a running
-server does. Image 1 of a workflow includes its compilation and graph recording (and, for the first workflow,
-loading the checkpoint); the later images are what each further image costs. ``sampling s`` is the time inside
+server does. Image 1 of a workflow includes its quantization, compilation and graph recording (and, for the first
+workflow of a family, loading the model files); the later images are what each further image costs. ``sampling s`` is the time inside
 ``comfy.sample.sample`` (the sampler alone; the rest of an image is text encoding, VAE decode and writing the PNG).
 Random weights: the images are noise; timing and "it runs" only.
 """
@@ -38,34 +39,92 @@ sys.path[:0] = [str(BENCH_DIR), str(PACK_DIR / "tests")]
 import run as bench  # noqa: E402  (benchmarks/run.py: log, module stand-ins, the environment record)
 
 WORKFLOWS = PACK_DIR / "workflows" / "api"
-SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
-# comfy.sd.VAE's SD1.x/SDXL autoencoder (its default when a state dict names no other kind)
+# comfy.sd.VAE's SD1.x/SDXL autoencoder (its default when a state dict names no other kind); FLUX's has 16 channels
 SD_VAE_CONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
                  "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
 
 
-def write_random_sdxl_checkpoint(path: Path, device) -> dict[str, Any]:
-    """SDXL with random weights, written in the layout of the real base checkpoint (see the module docstring)."""
-    import comfy.model_management as mm
+def write_random_sdxl_files(models_dir: Path, device) -> dict[str, float]:
+    """SDXL (UNet, CLIP-L and CLIP-G, VAE) with random weights in the layout of ``sd_xl_base_1.0.safetensors``,
+    written by ComfyUI's own ``save_checkpoint``, so ``CheckpointLoaderSimple`` detects and loads it as the real
+    file."""
     import comfy.sd
     import models
     import torch
     from comfy.ldm.models.autoencoder import AutoencoderKL
 
-    started = time.perf_counter()
     built = models.build_model("sdxl", device=device, dtype=torch.float16)
-    placement = {"initial_device": device, "load_device": device, "offload_device": device}
-    clip = comfy.sd.CLIP(target=built.patcher.model.model_config.clip_target(), model_options=placement)
+    clip = comfy.sd.CLIP(target=built.patcher.model.model_config.clip_target(), model_options=_placed(device))
     models.random_init_(clip.cond_stage_model, seed=1)
     autoencoder = AutoencoderKL(ddconfig=SD_VAE_CONFIG, embed_dim=4)
     models.random_init_(autoencoder, seed=2)
-    vae = comfy.sd.VAE(sd=autoencoder.state_dict())
-    comfy.sd.save_checkpoint(str(path), built.patcher, clip, vae, metadata={"fastlane": bench.RANDOM_WEIGHTS_NOTE})
-    del built, clip, vae, autoencoder
-    mm.unload_all_models()
-    mm.soft_empty_cache()
-    return {"file": path.name, "gib": round(path.stat().st_size / 2**30, 2),
-            "written_s": round(time.perf_counter() - started, 1)}
+    path = models_dir / "checkpoints" / "sd_xl_base_1.0.safetensors"
+    comfy.sd.save_checkpoint(str(path), built.patcher, clip, comfy.sd.VAE(sd=autoencoder.state_dict()),
+                             metadata={"fastlane": bench.RANDOM_WEIGHTS_NOTE})
+    return _sizes(path)
+
+
+def write_random_flux_files(models_dir: Path, device) -> dict[str, float]:
+    """FLUX.1-dev's four files with random weights, each in the layout its ComfyUI loader reads: the diffusion model
+    (``UNETLoader``), CLIP-L and T5-XXL fp16 (``DualCLIPLoader``, type flux) and the 16-channel autoencoder
+    (``VAELoader``)."""
+    import comfy.sd
+    import comfy.utils
+    import models
+    import torch
+    from comfy.ldm.models.autoencoder import AutoencodingEngine
+
+    built = models.build_model("flux", device=device, dtype=torch.bfloat16)
+    target = built.patcher.model.model_config.clip_target()
+    paths = {"unet": models_dir / "diffusion_models" / "flux1-dev.safetensors",
+             "clip_l": models_dir / "text_encoders" / "clip_l.safetensors",
+             "t5xxl": models_dir / "text_encoders" / "t5xxl_fp16.safetensors",
+             "vae": models_dir / "vae" / "ae.safetensors"}
+    comfy.utils.save_torch_file(built.patcher.model.diffusion_model.state_dict(), str(paths["unet"]))
+    del built
+    clip = comfy.sd.CLIP(target=target, model_options=_placed(device))
+    models.random_init_(clip.cond_stage_model, seed=1)
+    encoders = clip.cond_stage_model.state_dict()
+    for name in ("clip_l", "t5xxl"):  # each file holds one encoder's transformer, as the published files do
+        prefix = f"{name}.transformer."
+        comfy.utils.save_torch_file({k[len(prefix):]: v for k, v in encoders.items() if k.startswith(prefix)},
+                                    str(paths[name]))
+    del clip, encoders
+    ddconfig = {**SD_VAE_CONFIG, "z_channels": 16}
+    autoencoder = AutoencodingEngine(
+        regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
+        encoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Encoder", "params": ddconfig},
+        decoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Decoder", "params": ddconfig})
+    models.random_init_(autoencoder, seed=2)
+    comfy.utils.save_torch_file(autoencoder.state_dict(), str(paths["vae"]))
+    return _sizes(*paths.values())
+
+
+WRITERS = {"sdxl": write_random_sdxl_files, "flux": write_random_flux_files}
+
+
+def _placed(device) -> dict:
+    return {"initial_device": device, "load_device": device, "offload_device": device}
+
+
+def _sizes(*paths: Path) -> dict[str, float]:
+    return {p.name: round(p.stat().st_size / 2**30, 2) for p in paths}
+
+
+def write_model_files(families: list[str], models_dir: Path, device) -> dict[str, Any]:
+    """The random-weight files the workflows of ``families`` name, under ``models_dir``'s ComfyUI folders."""
+    import comfy.model_management as mm
+    import folder_paths
+
+    for folder in ("checkpoints", "diffusion_models", "text_encoders", "vae"):
+        (models_dir / folder).mkdir(parents=True, exist_ok=True)
+        folder_paths.add_model_folder_path(folder, str(models_dir / folder), is_default=True)
+    started, files = time.perf_counter(), {}
+    for family in families:
+        files.update(WRITERS[family](models_dir, device))
+        mm.unload_all_models()
+        mm.soft_empty_cache()
+    return {"files_gib": files, "written_s": round(time.perf_counter() - started, 1)}
 
 
 class FastlaneLines(logging.Handler):
@@ -147,32 +206,33 @@ def run_workflow(runner, name: str, args, output_dir: Path, lines: FastlaneLines
 
 
 def summary_row(result: dict, baseline: dict | None) -> dict:
+    """Image 1, the median of the later images, and (for one-sampler workflows) the ratio to the baseline's."""
     images = result["images"]
     later = images[1:] or images
     row = {"workflow": result["workflow"], "status": result["status"],
            "first_image_s": images[0]["image_s"] if images else None,
            "image_s": statistics.median(i["image_s"] for i in later) if later else None,
-           "sampling_s": statistics.median(sum(i["sampling_s"]) for i in later) if later else None}
-    if baseline and row["image_s"] and baseline.get("image_s"):
+           "sampling_s": [statistics.median(s) for s in zip(*(i["sampling_s"] for i in later))] if later else []}
+    if baseline and len(row["sampling_s"]) == 1 == len(baseline["sampling_s"]) and row["image_s"]:
         row["vs_baseline_image"] = round(baseline["image_s"] / row["image_s"], 2)
-        row["vs_baseline_sampling"] = round(baseline["sampling_s"] / row["sampling_s"], 2)
+        row["vs_baseline_sampling"] = round(baseline["sampling_s"][0] / row["sampling_s"][0], 2)
     return row
 
 
-def markdown(env: dict, checkpoint: dict, rows: list[dict], results: list[dict], args) -> str:
+def markdown(env: dict, model_files: dict, rows: list[dict], results: list[dict], args) -> str:
     out = [f"# Shipped workflows, end to end — {bench.RANDOM_WEIGHTS_NOTE}", "",
            f"- device: {env.get('device_name')} · torch {env['torch']} · ComfyUI {env['comfyui']} · "
            f"date (UTC) {env['date_utc']}",
            f"- command: `{env['command']}`",
-           f"- checkpoint: {checkpoint['file']} ({checkpoint['gib']} GiB, random weights, written in "
-           f"{checkpoint['written_s']} s by ComfyUI's save_checkpoint, loaded by CheckpointLoaderSimple)",
+           f"- model files (random weights, written in {model_files['written_s']} s, read by the workflows' own "
+           f"ComfyUI loaders): " + ", ".join(f"{name} {gib} GiB" for name, gib in model_files["files_gib"].items()),
            f"- {args.images} image(s) per workflow, a new seed each; size/steps as in the files"
            + (f", except size {args.size}" if args.size else "") + (f", steps {args.steps}" if args.steps else ""),
            "", "| workflow | status | image 1 s | later images s (median) | sampler s | vs baseline: image | "
            "vs baseline: sampler |", "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         out.append(f"| {r['workflow']} | {r['status'][:60]} | {r['first_image_s'] or '–'} | {r['image_s'] or '–'} | "
-                   f"{r['sampling_s'] if r['sampling_s'] is not None else '–'} | "
+                   f"{' + '.join(f'{x:.3f}' for x in r['sampling_s']) or '–'} | "
                    f"{r.get('vs_baseline_image', '–')} | {r.get('vs_baseline_sampling', '–')} |")
     out += ["", "Fastlane's log of each workflow's first image:"]
     for res in results:
@@ -184,7 +244,8 @@ def markdown(env: dict, checkpoint: dict, rows: list[dict], results: list[dict],
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workflows", default="sdxl-baseline,sdxl-balanced,sdxl-fastest,sdxl-compare",
-                   help="names under workflows/api/ without 'fastlane-' and '.api.json'; the first is the baseline")
+                   help="names under workflows/api/ without 'fastlane-' and '.api.json'; the first of each family "
+                        "is its baseline")
     p.add_argument("--images", type=int, default=3, help="images per workflow (a new seed each)")
     p.add_argument("--size", type=int, help="override the latent's width and height (smoke runs)")
     p.add_argument("--steps", type=int, help="override the sampler's steps (smoke runs)")
@@ -192,8 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("out/workflows"))
     args = p.parse_args(argv)
     names = [n.strip() for n in args.workflows.split(",") if n.strip()]
-    if any(not n.startswith("sdxl-") for n in names):
-        raise SystemExit("only the SDXL workflows have a checkpoint writer so far (sdxl-*)")
+    unknown = [n for n in names if n.split("-")[0] not in WRITERS or not (WORKFLOWS / f"fastlane-{n}.api.json").is_file()]
+    if unknown:
+        raise SystemExit(f"no such workflow (or no model-file writer for its family): {unknown}")
     args.out.mkdir(parents=True, exist_ok=True)
 
     stubbed = bench.stub_missing_modules()
@@ -214,27 +276,27 @@ def main(argv: list[str] | None = None) -> int:
     bench.log(f"device {env.get('device_name')}, torch {env['torch']}, ComfyUI {env['comfyui']}")
 
     scratch = Path(tempfile.mkdtemp(prefix="fastlane_workflows_"))
-    (scratch / "checkpoints").mkdir()
-    folder_paths.add_model_folder_path("checkpoints", str(scratch / "checkpoints"), is_default=True)
     folder_paths.set_output_directory(str(scratch / "output"))
-    bench.log(f"writing a random-weight SDXL checkpoint under {scratch}")
-    checkpoint = write_random_sdxl_checkpoint(scratch / "checkpoints" / SDXL_CHECKPOINT, device)
-    bench.log(f"checkpoint: {checkpoint}")
+    families = sorted({name.split("-")[0] for name in names})
+    bench.log(f"writing random-weight model files for {families} under {scratch}")
+    model_files = write_model_files(families, scratch / "models", device)
+    bench.log(f"model files: {model_files}")
 
     clock = SamplerClock(device)
     try:
         results = [run_workflow(runner, name, args, scratch / "output", lines, clock) for name in names]
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)  # the checkpoint alone is ~7 GB
-    rows, baseline = [], None
+        shutil.rmtree(scratch, ignore_errors=True)  # the model files: ~7 GB for SDXL, ~34 GB for FLUX
+    rows, baselines = [], {}  # the first workflow of each family is its baseline
     for res in results:
-        rows.append(summary_row(res, baseline))
-        baseline = baseline or rows[0]
-    text = markdown(env, checkpoint, rows, results, args)
+        family = res["workflow"].split("-")[0]
+        rows.append(summary_row(res, baselines.get(family)))
+        baselines.setdefault(family, rows[-1])
+    text = markdown(env, model_files, rows, results, args)
     print("\n" + text, flush=True)
     (args.out / "results.md").write_text(text)
     (args.out / "results.json").write_text(json.dumps(
-        {"environment": env, "checkpoint": checkpoint, "summary": rows, "workflows": results}, indent=2))
+        {"environment": env, "model_files": model_files, "summary": rows, "workflows": results}, indent=2))
     return 0 if all(r["status"] == "ok" for r in results) else 1
 
 

@@ -7,6 +7,7 @@ ComfyUI share one set of classes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import sys
@@ -43,6 +44,8 @@ def load(cpu: bool = True) -> None:
     from comfy.cli_args import args
 
     args.cpu = cpu
+    with contextlib.suppress(ImportError):  # main.py imports it first: nodes.py then puts comfy/ on sys.path, and
+        import utils.extra_config  # noqa: F401  comfy/utils.py would shadow this package (nodes_images needs it)
     args.disable_all_custom_nodes = True  # only this pack, loaded explicitly below
     import comfy.model_management  # noqa: F401  (reads args.cpu at import)
     import nodes
