@@ -10,6 +10,7 @@ ComfyUI keeps them (RAM when offloaded) - in VRAM only the copies are loaded whi
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 
 import torch
@@ -146,6 +147,12 @@ def quantize(model, scheme_name: str, preset: str = "none", regex: str = "", few
         linear_after += sum(tensor_bytes(t) for t in q.state_dict().values())
         patched.add_object_patch(path, q)
     patched.add_wrapper_with_key(_outer_sample(), KEY, _refuse_later_patches(set(selection.quantized)))
+    patched.add_callback_with_key(_on_pre_run(), KEY, _note_offloaded_copies(sorted(selection.quantized)))
+    # ComfyUI loads a clone of a MODEL already in VRAM only if its patches_uuid differs (core's
+    # set_model_compute_dtype rerolls it too). With the old one it would swap the copies in where they were made
+    # (the offload device: copied to the GPU at every call) and leave the originals in VRAM. A new one makes
+    # ComfyUI move the originals out and the copies in, as when this MODEL is loaded first.
+    patched.patches_uuid = uuid.uuid4()
     report = Report(scheme.name, selection, linear_before, linear_after, model.model_size(), baked)
     log.info(report.text())
     return patched, report
@@ -170,6 +177,28 @@ def _outer_sample():
     from comfy.patcher_extension import WrappersMP
 
     return WrappersMP.OUTER_SAMPLE
+
+
+def _on_pre_run():
+    from comfy.patcher_extension import CallbacksMP
+
+    return CallbacksMP.ON_PRE_RUN
+
+
+def _note_offloaded_copies(quantized: list[str]):
+    """After ComfyUI loaded the MODEL for a run: say so if quantized copies stayed off the GPU (a partial, lowvram
+    load), since each call then copies their weights over."""
+    def on_pre_run(patcher, *args, **kwargs):
+        device = torch.device(patcher.load_device)
+        places = [patcher.get_model_object(f"diffusion_model.{name}").weight.device for name in quantized]
+        away = [place for place in places if place != device]
+        if away:
+            log.warning("Fastlane Quantize: %d of %d quantized Linears stay on %s while this MODEL runs on %s "
+                        "(ComfyUI loaded it partially: lowvram); their weights are copied over at every call, "
+                        "which is slow. Free VRAM (fewer models loaded, smaller batch) for a full load.",
+                        len(away), len(places), away[0], device)
+
+    return on_pre_run
 
 
 def _refuse_later_patches(quantized: set[str]):

@@ -255,3 +255,32 @@ def test_fp8_scaled_mm_bakes_lora_in(flux, fp8_on_cpu):
     with_lora = rel_err(sample(quantized(lora(flux, 8.0), "fp8_scaled_mm")[0], steps=5), reference)
     without_lora = rel_err(sample(quantized(flux, "fp8_scaled_mm")[0], steps=5), reference)
     assert with_lora < 0.7 * without_lora
+
+
+def test_a_quantized_clone_of_a_model_already_loaded_is_loaded_as_itself(flux):
+    """ComfyUI leaves a loaded model's weights where they are for a clone with the same patches_uuid, and only swaps
+    its object patches in: the quantized copies would stay where they were made (the offload device; on a GPU machine
+    copied over at every call) and the originals in VRAM. Seen end to end in run s8-5: the FLUX fastest workflow took
+    12.7 s after the baseline had loaded the model, against 0.94 s. The clone must make ComfyUI load it."""
+    import comfy.model_management as mm
+
+    mm.load_models_gpu([flux])
+    model, _ = quantized(flux)
+    mm.load_models_gpu([model])
+    copies = [model.get_model_object(f"diffusion_model.{name}") for name in quantized_names(model)]
+    assert copies and all(getattr(c, "comfy_patched_weights", False) for c in copies)  # placed by ComfyUI's load
+    assert flux.model.current_weight_patches_uuid == model.patches_uuid != flux.patches_uuid
+    mm.load_models_gpu([flux])  # and back: the received MODEL is loaded as itself, with its own Linears
+    assert flux.model.current_weight_patches_uuid == flux.patches_uuid
+    assert type(flux.model.diffusion_model.double_blocks[0].img_attn.qkv) is not type(copies[0])
+
+
+def test_copies_left_off_the_load_device_are_reported(flux, caplog):
+    from comfy.patcher_extension import CallbacksMP
+
+    model, _ = quantized(flux)
+    model.load_device = torch.device("meta")  # stands for a GPU the copies did not reach (a lowvram load)
+    for callback in model.get_all_callbacks(CallbacksMP.ON_PRE_RUN):
+        callback(model)
+    assert re.search(r"Fastlane Quantize: (\d+) of \1 quantized Linears stay on cpu while this MODEL runs on meta",
+                     caplog.text)
