@@ -29,7 +29,8 @@ class RunRecord:
     device: str
     steps: int
     calls: list[CallRecord] = field(default_factory=list)
-    wall_s: float = 0.0
+    wall_s: float = 0.0  # the whole sampling call, loading included
+    load_s: float = 0.0  # of which ComfyUI's preparation: loading or moving model weights onto the device
     peak_memory_mb: float | None = None
     compile_s: float = 0.0  # torch.compile work (dynamo + inductor) done during this run: the cold-start cost
     compiled_graphs: int = 0
@@ -59,6 +60,7 @@ class Recorder:
         self._clock: StepClock | None = None
         self._pending: list[tuple[CallRecord, object, object]] = []
         self._t0 = 0.0
+        self._device: torch.device | None = None
         self._compile_at_start = (0.0, 0)
 
     @property
@@ -70,11 +72,25 @@ class Recorder:
         self._run = RunRecord(index=len(self.runs), cold=not self.runs, device=_device_name(device),
                               steps=self._clock.num_steps)
         self._pending = []
+        self._device = device
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
         self._compile_at_start = compile_totals()
         self._t0 = time.perf_counter()
+
+    def time_preparation(self, executor, *args, **kwargs):
+        """ComfyUI's prepare_sampling (it loads the models, moving weights when another MODEL of the graph held the
+        device): timed apart, so that a graph switching models between branches does not read as slow sampling."""
+        if self._run is None:
+            return executor(*args, **kwargs)
+        _sync(self._device)
+        started = time.perf_counter()
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            _sync(self._device)
+            self._run.load_s += time.perf_counter() - started
 
     def end_run(self, device: torch.device) -> None:
         run = self._run
@@ -125,6 +141,11 @@ def compile_totals() -> tuple[float, int]:
         return 0.0, 0
     seconds = float(sum(compilation_time_metrics.get("_compile.compile_inner", ())))
     return seconds, int(counters["stats"]["unique_graphs"])
+
+
+def _sync(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _device_name(device: torch.device) -> str:

@@ -19,7 +19,7 @@ def run_summary(run: RunRecord) -> dict:
     ms = list(per_step.values())
     summary = {
         "run": run.index, "cold": run.cold, "device": run.device, "steps": run.steps, "calls": len(run.calls),
-        "sampling_s": round(run.wall_s, 4), "model_ms_total": round(sum(ms), 2),
+        "sampling_s": round(run.wall_s - run.load_s, 4), "load_s": round(run.load_s, 4), "model_ms_total": round(sum(ms), 2),
         "median_step_ms": round(statistics.median(ms), 3) if ms else None,
         "peak_memory_mb": None if run.peak_memory_mb is None else round(run.peak_memory_mb, 1),
         "computed_steps": computed,
@@ -57,7 +57,8 @@ def compare(run: RunRecord, reference: RunRecord | None) -> dict:
     if reference is not None:
         ref = run_summary(reference)
         result["reference"] = ref
-        result["speedup_sampling"] = round(reference.wall_s / run.wall_s, 3) if run.wall_s else None
+        result["speedup_sampling"] = (round(ref["sampling_s"] / result["model"]["sampling_s"], 3)
+                                      if result["model"]["sampling_s"] else None)
         if ref["model_ms_total"] and result["model"]["model_ms_total"]:
             result["speedup_model_time"] = round(ref["model_ms_total"] / result["model"]["model_ms_total"], 3)
     return result
@@ -81,6 +82,10 @@ def table(label: str, result: dict, reference_label: str | None = None) -> str:
         lines.append(f"reference {reference_label}: sampling {ref['sampling_s']:.3f} s ({'cold' if ref['cold'] else 'warm'}), "
                      f"median step {ref['median_step_ms']} ms")
         lines.append(f"speed-up: {result.get('speedup_sampling')}x sampling, {result.get('speedup_model_time')}x model time")
+        if max(model["load_s"], ref["load_s"]) >= 0.05:
+            lines.append(f"loading: ComfyUI spent {model['load_s']:.2f} s ({reference_label}: {ref['load_s']:.2f} s) "
+                         "loading or moving model weights before sampling, not counted above (a graph whose branches "
+                         "use different forms of one model, e.g. quantized and not, moves weights at each switch)")
         if model["cold"] or ref["cold"]:
             lines.append("note: a cold run includes first-use costs (compilation, loading); queue again for warm figures")
     if "fidelity" in result:

@@ -17,6 +17,11 @@ def _apply_model_wrapper(executor, x, t, *args, **kwargs):
     return recorder.time_call(executor, x, float(t.flatten()[0]), t, *args, **kwargs)
 
 
+def _prepare_sampling_wrapper(executor, model, *args, **kwargs):
+    recorder: Recorder = model.model_options["transformer_options"][RECORDER_KEY]
+    return recorder.time_preparation(executor, model, *args, **kwargs)
+
+
 def _outer_sample_wrapper(executor, *args, **kwargs):
     guider = executor.class_obj
     recorder: Recorder = guider.model_options["transformer_options"][RECORDER_KEY]
@@ -55,6 +60,7 @@ class FastlaneBenchmark(io.ComfyNode):
         measured.model_options["transformer_options"][RECORDER_KEY] = Recorder(label)
         measured.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, "fastlane_benchmark", _outer_sample_wrapper)
         measured.add_wrapper_with_key(WrappersMP.APPLY_MODEL, "fastlane_benchmark", _apply_model_wrapper)
+        measured.add_wrapper_with_key(WrappersMP.PREPARE_SAMPLING, "fastlane_benchmark", _prepare_sampling_wrapper)
         return io.NodeOutput(measured)
 
 

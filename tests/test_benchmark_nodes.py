@@ -78,3 +78,25 @@ def test_the_cold_start_of_a_compiled_model_is_reported(flux):
     assert "cold start: torch.compile built 2 graph(s)" in reports[0][0]
     assert warm["compiled_graphs"] == 0 and "cold start" not in reports[1][0]
     torch._dynamo.reset()
+
+
+def test_time_comfyui_spends_loading_weights_is_reported_apart_from_sampling(flux):
+    """A graph whose branches use different forms of one model (quantized and not) makes ComfyUI move weights
+    before each branch samples (run s8-6: ~10 s per switch for FLUX on an H200). The report keeps that out of the
+    sampling time and says it; here a ComfyUI PREPARE_SAMPLING wrapper that sleeps stands for the slow move."""
+    import time
+
+    from comfy.patcher_extension import WrappersMP
+
+    measured = bench(flux, "slow load").clone()
+    measured.add_wrapper_with_key(WrappersMP.PREPARE_SAMPLING, "test_slow_load",
+                                  lambda executor, *a, **k: (time.sleep(0.3), executor(*a, **k))[1])
+    base = bench(flux, "base")
+    latent, ref_latent = sample(measured, steps=4, size=32), sample(base, steps=4, size=32)
+    text, _, data = NODE["FastlaneBenchmarkReport"].execute(model=measured, image=as_image(latent), reference_model=base,
+                                                           reference_image=as_image(ref_latent)).result
+    result = json.loads(data)
+    model, wall = result["model"], result["runs"]["model"]["wall_s"]
+    assert model["load_s"] >= 0.3 and abs(model["sampling_s"] - (wall - model["load_s"])) < 1e-3
+    assert result["reference"]["load_s"] < 0.3
+    assert f"loading: ComfyUI spent {model['load_s']:.2f} s" in text
