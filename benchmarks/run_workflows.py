@@ -14,8 +14,9 @@ until sampling moves them to the GPU, as with real files).
 All workflows run in one process, in the order given, each ``--images`` times with a new seed each time: ComfyUI
 then executes the sampler and what follows again and keeps the loader's and text encoders' outputs, as a running
 server does. Image 1 of a workflow includes its quantization, compilation and graph recording (and, for the first
-workflow of a family, loading the model files); the later images are what each further image costs. ``sampling s`` is the time inside
-``comfy.sample.sample`` (the sampler alone; the rest of an image is text encoding, VAE decode and writing the PNG).
+workflow of a family, loading the model files); the later images are what each further image costs. ``sampling s``
+is the time inside ``comfy.sample.sample`` (the sampler alone; the rest of an image is text encoding, VAE decode and
+writing the PNG).
 Random weights: the images are noise; timing and "it runs" only.
 """
 from __future__ import annotations
@@ -253,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("out/workflows"))
     args = p.parse_args(argv)
     names = [n.strip() for n in args.workflows.split(",") if n.strip()]
-    unknown = [n for n in names if n.split("-")[0] not in WRITERS or not (WORKFLOWS / f"fastlane-{n}.api.json").is_file()]
+    unknown = [n for n in names
+               if n.split("-")[0] not in WRITERS or not (WORKFLOWS / f"fastlane-{n}.api.json").is_file()]
     if unknown:
         raise SystemExit(f"no such workflow (or no model-file writer for its family): {unknown}")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = [run_workflow(runner, name, args, scratch / "output", lines, clock) for name in names]
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)  # the model files: ~7 GB for SDXL, ~34 GB for FLUX
+        shutil.rmtree(scratch, ignore_errors=True)  # the model files: ~7 GB for SDXL, ~32 GB for FLUX
     rows, baselines = [], {}  # the first workflow of each family is its baseline
     for res in results:
         family = res["workflow"].split("-")[0]

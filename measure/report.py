@@ -19,7 +19,8 @@ def run_summary(run: RunRecord) -> dict:
     ms = list(per_step.values())
     summary = {
         "run": run.index, "cold": run.cold, "device": run.device, "steps": run.steps, "calls": len(run.calls),
-        "sampling_s": round(run.wall_s - run.load_s, 4), "load_s": round(run.load_s, 4), "model_ms_total": round(sum(ms), 2),
+        "sampling_s": round(run.wall_s - run.load_s, 4), "load_s": round(run.load_s, 4),
+        "model_ms_total": round(sum(ms), 2),
         "median_step_ms": round(statistics.median(ms), 3) if ms else None,
         "peak_memory_mb": None if run.peak_memory_mb is None else round(run.peak_memory_mb, 1),
         "computed_steps": computed,

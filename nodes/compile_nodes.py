@@ -118,12 +118,12 @@ class FastlaneCudaGraph(io.ComfyNode):
             category=CATEGORY,
             description="Record each diffusion-model call in a CUDA graph (one per image size and batch, ~0.2 s "
                         "each) and replay it with one launch instead of thousands: for models whose steps are "
-                        "bound by the CPU launching kernels (SDXL; on FLUX, whose steps keep the GPU busy, it measured 1-3%). Alone it is lossless (the same kernels, "
-                        "bit-identical output); after or before Fastlane Compile 'regional' it replays the compiled "
-                        "blocks, close to a whole-model compile's speed without its minutes of compiling at each "
-                        "new size. Fastlane caches decide outside the graph; calls with ComfyUI patches, ControlNet "
-                        "or lowvram loading run without a graph (logged). NVIDIA GPUs only. The input MODEL is "
-                        "unchanged.",
+                        "bound by the CPU launching kernels (SDXL; on FLUX, whose steps keep the GPU busy, it "
+                        "measured 0-3%). Alone it is lossless (the same kernels, bit-identical output); after or "
+                        "before Fastlane Compile 'regional' it replays the compiled blocks, close to a whole-model "
+                        "compile's speed without its minutes of compiling at each new size. Fastlane caches "
+                        "decide outside the graph; calls with ComfyUI patches, ControlNet or lowvram loading run "
+                        "without a graph (logged). NVIDIA GPUs only. The input MODEL is unchanged.",
             inputs=[io.Model.Input("model", tooltip="The MODEL whose calls to record (FLUX or an SDXL/SD1.x UNet; "
                                                     "on an NVIDIA GPU).")],
             outputs=[io.Model.Output(tooltip="The model, recorded at the second call of each new size or batch "
