@@ -92,7 +92,7 @@ def test_time_comfyui_spends_loading_weights_is_reported_apart_from_sampling(flu
     measured.add_wrapper_with_key(WrappersMP.PREPARE_SAMPLING, "test_slow_load",
                                   lambda executor, *a, **k: (time.sleep(0.3), executor(*a, **k))[1])
     base = bench(flux, "base")
-    latent, ref_latent = sample(measured, steps=4, size=32), sample(base, steps=4, size=32)
+    latent, ref_latent = sample(measured, steps=4, size=32), sample(base, steps=4, size=32, seed=1)
     text, _, data = NODE["FastlaneBenchmarkReport"].execute(model=measured, image=as_image(latent), reference_model=base,
                                                            reference_image=as_image(ref_latent)).result
     result = json.loads(data)
