@@ -48,8 +48,6 @@ def sync() -> None:
 
 
 def per_call_ms(fn: Callable[[], object], calls: int = 10, groups: int = 3) -> float:
-    import torch
-
     fn()
     sync()
     times = []
@@ -96,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="1024,768,896", help="square image sizes, in order (the first one is timed; "
                    "the whole-model routes run it alone)")
     p.add_argument("--tiny", action="store_true", help="tiny SDXL config (a smoke run)")
-    p.add_argument("--skip", default="whole cudagraphs backend", help="routes to leave out, comma-separated (e.g. 'whole cudagraphs backend')")
+    p.add_argument("--skip", default="whole cudagraphs backend",
+                   help="routes to leave out, comma-separated (e.g. 'whole cudagraphs backend')")
     args = p.parse_args(argv)
 
     import torch
@@ -109,10 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     import models
 
     torch._dynamo.config.cache_size_limit = 64
-    built = models.build_model("sdxl", tiny=args.tiny, device=dev, dtype=torch.float16 if dev == "cuda" else torch.float32)
+    built = models.build_model("sdxl", tiny=args.tiny, device=dev,
+                               dtype=torch.float16 if dev == "cuda" else torch.float32)
     dm = built.diffusion_model
     spec = built.spec
-    results: dict = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__, "routes": {}}
+    results: dict = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
+                     "routes": {}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -122,7 +122,8 @@ def weights_fingerprint(module: torch.nn.Module) -> int:
 class CudaGraphRecorder:
     """One per node output; shared by the MODEL's clones through the wrappers' closures."""
 
-    def __init__(self, record: Callable[[Callable[[], Any], Any], tuple[Callable[[], None], Any]] | None = None) -> None:
+    def __init__(self,
+                 record: Callable[[Callable[[], Any], Any], tuple[Callable[[], None], Any]] | None = None) -> None:
         """``record(fn, pool)`` runs ``fn`` as recorded (its memory from ``pool``) and returns (replay, what ``fn``
         returned, rewritten by each replay): a CUDA graph by default."""
         self._record = record or record_cuda_graph

@@ -74,7 +74,8 @@ def test_sdxl_replays_give_the_eager_result_exactly(sdxl):
     model, recorder = graphed(sdxl)
     assert torch.equal(run_sdxl(model), reference)
     first = last_run(recorder)
-    assert first["calls"] == 9 and first["recorded"] == 1 and first["replays"] == 8  # the first call warms up; the second is recorded and replayed
+    # the first call warms up; the second is recorded and replayed
+    assert first["calls"] == 9 and first["recorded"] == 1 and first["replays"] == 8
     assert torch.equal(run_sdxl(model), reference)
     assert last_run(recorder)["recorded"] == 0 and last_run(recorder)["replays"] == 9
     other = run_sdxl(sdxl, size=12, tokens=20)  # a new size and prompt length: a new recording

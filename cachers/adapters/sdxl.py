@@ -12,8 +12,9 @@ ComfyUI's UNet runs ``input_blocks`` (each output pushed on the skip list ``hs``
   cache once ``_forward`` has returned. The patch itself is a pure tensor copy with no cache logic, so Fastlane
   Compile's whole-model graph (and its CUDA graphs) can trace it: computed steps then run one compiled graph, cached
   steps another (the shallow pass, offered compiled by Fastlane Compile), while the cache state (storing, Taylor
-  forecasts) stays in Python between them. Fastlane CUDA Graph records the same two passes (``GRAPH_FN_KEY``). On cached steps the adapter runs the shallow part itself, with the model's
-  own modules and ComfyUI's ``forward_timestep_embed``, takes ``h`` from the cache (reused, or Taylor-forecast
+  forecasts) stays in Python between them. Fastlane CUDA Graph records the same two passes (``GRAPH_FN_KEY``).
+  On cached steps the adapter runs the shallow part itself, with the model's own modules and ComfyUI's
+  ``forward_timestep_embed``, takes ``h`` from the cache (reused, or Taylor-forecast
   with order > 0) and never calls the deep blocks. Honoured on that path: ``emb_patch``, ``input_block_patch``,
   ``input_block_patch_after_skip``, ``output_block_patch``, ``forward_timestep_embed_patch``, attention patches
   and ``patches_replace`` of the shallow blocks (``transformer_options["block"]`` and ``transformer_index`` are
@@ -101,7 +102,8 @@ class SDXLAdapter:
         try:
             if not call.compute:
                 compile_fn = options.get(COMPILE_FN_KEY)
-                shallow = type(self).shallow_forward if compile_fn is None else compile_fn(type(self), "shallow_forward")
+                shallow = (type(self).shallow_forward if compile_fn is None
+                           else compile_fn(type(self), "shallow_forward"))
                 unet = executor.class_obj
                 graph_fn = options.get(GRAPH_FN_KEY)
                 if graph_fn is not None:
