@@ -145,13 +145,18 @@ def fuse(model):
     patched = model.clone()
     if reason is not None:
         return patched, f"Fastlane QKV Fusion: {reason}; the MODEL passes through unchanged."
+    from ..quantizers import patching
+
+    if patching.quantized_paths(model):
+        raise ValueError("this MODEL went through Fastlane Quantize, and quantized projections cannot be fused: use "
+                         "Fastlane QKV Fusion on a 16-bit MODEL (a Quantize after it undoes the fusion)")
     found = attention_modules(model)
     nested = sorted(k for k in model.object_patches for name, _ in found if k.startswith(f"diffusion_model.{name}."))
     if nested:
         # ComfyUI restores object patches in the order it applied them; replacing an attention whose projections
-        # are already replaced (e.g. by Fastlane Quantize) would put the inner replacement into the shared model.
-        raise ValueError(f"this MODEL already has replaced attention projections ({nested[0]}, ...: Fastlane "
-                         "Quantize or another patch node). Put Fastlane QKV Fusion before them in the chain.")
+        # are already replaced (by another patch node) would put the inner replacement into the shared model.
+        raise ValueError(f"this MODEL already has replaced attention projections ({nested[0]}, ...: another patch "
+                         "node). Put Fastlane QKV Fusion before them in the chain.")
     if not found:
         raise ValueError(f"{type(dm).__name__} has no attention with separate to_q/to_k/to_v projections to fuse")
     twins = []

@@ -1,4 +1,5 @@
-"""The torchao quantization node: MODEL in, a clone with quantized Linear copies out. Mechanism: quantizers/."""
+"""The torchao quantization node: MODEL in, a model of its own with quantized Linear copies out. Mechanism:
+quantizers/patching.py and quantizers/model_copy.py."""
 from __future__ import annotations
 
 from comfy_api.latest import io
@@ -15,8 +16,9 @@ class FastlaneQuantize(io.ComfyNode):
             node_id="FastlaneQuantize",
             display_name="Fastlane Quantize (torchao)",
             category=CATEGORY,
-            description="Quantize the diffusion model's Linear layers with torchao. The input MODEL is unchanged "
-                        "(this MODEL carries quantized copies, swapped in while it runs). Put LoRA loaders before "
+            description="Quantize the diffusion model's Linear layers with torchao. The input MODEL is unchanged: "
+                        "this MODEL is a model of its own holding the quantized copies, so ComfyUI keeps both loaded "
+                        "when VRAM holds them (a compare graph switches at no cost). Put LoRA loaders before "
                         "this node (their LoRA is baked in first); follow it with Fastlane Compile for speed - "
                         "without compiling, the dynamic schemes are usually slower than 16-bit. Linears that run "
                         "on one row per image (modulation, embedders) never get their inputs quantized; with an fp8 "

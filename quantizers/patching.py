@@ -1,21 +1,19 @@
-"""Quantized copies of a MODEL's Linears, installed as ComfyUI object patches on a clone.
+"""Fastlane Quantize: a MODEL whose selected Linears are quantized copies, as a model of its own.
 
 ComfyUI's clones share one torch model, so quantizing it in place would change every branch of the graph. Instead,
-each selected Linear gets a quantized *copy* (weights + LoRA patches already on the clone baked in first, as
-ComfyUI itself would at load time), and the clone carries ``add_object_patch("diffusion_model.<name>", copy)``.
-ComfyUI swaps the copies in when it loads this clone and swaps the originals back when it unloads it, so the
-received MODEL is unchanged. Memory: the quantized copies come on top of the original weights, which stay where
-ComfyUI keeps them (RAM when offloaded) - in VRAM only the copies are loaded while this clone runs.
+each selected Linear gets a quantized *copy* (weights + LoRA patches already on the MODEL baked in first, as ComfyUI
+itself would at load time), and the copies go into a copy of the torch model that ComfyUI manages apart from the
+received one (``model_copy``): the received MODEL is unchanged, and a graph that runs both (a compare workflow) keeps
+both loaded when VRAM holds them instead of moving weights at every switch.
 """
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass
 
 import torch
 
-from . import filters, schemes
+from . import filters, model_copy, schemes
 from .fp8_scaled import Fp8RowwiseLinear, Fp8Weights
 from .fp8_weight_only import Fp8WeightOnlyLinear
 
@@ -63,16 +61,20 @@ class Report:
     linear_bytes_after: int
     model_bytes_before: int
     baked_patch_keys: int
+    copied_bytes: int = 0
+    notes: tuple[str, ...] = ()
 
     def text(self) -> str:
         mb = 2 ** 20
         total_after = self.model_bytes_before - self.linear_bytes_before + self.linear_bytes_after
+        notes = "".join(f" {n}" for n in self.notes)
         return (f"Fastlane Quantize {self.scheme}: {self.selection.summary()}. Quantized Linear weights "
                 f"{self.linear_bytes_before / mb:.1f} MB -> {self.linear_bytes_after / mb:.1f} MB; model "
                 f"weights {self.model_bytes_before / mb:.1f} MB -> {total_after / mb:.1f} MB while this MODEL is "
-                f"loaded. {self.baked_patch_keys} LoRA/weight patches baked in before quantizing. (The received "
-                f"MODEL keeps its own {self.linear_bytes_before / mb:.1f} MB of originals, offloaded by ComfyUI "
-                f"while this one runs.)")
+                f"loaded. {self.baked_patch_keys} LoRA/weight patches baked in before quantizing. This MODEL is a "
+                f"model of its own (the quantized Linears and a {self.copied_bytes / mb:.1f} MB copy of the other "
+                f"weights): ComfyUI keeps it and the received MODEL loaded together when VRAM holds both, and "
+                f"offloads the idle one when it does not.{notes}")
 
 
 def _original(model, key: str, live: torch.Tensor) -> torch.Tensor:
@@ -102,11 +104,13 @@ def _compute_dtype(model) -> torch.dtype:
 
 
 def quantized_paths(model) -> set[str]:
-    return {k for k, v in model.object_patches.items() if isinstance(v, (QuantizedLinear, Fp8Weights))}
+    """``diffusion_model.<name>`` of each quantized Linear in ``model``'s torch model."""
+    dm = model.model.diffusion_model
+    return {f"diffusion_model.{name}" for name, m in dm.named_modules() if isinstance(m, (QuantizedLinear, Fp8Weights))}
 
 
 def quantize(model, scheme_name: str, preset: str = "none", regex: str = "", few_rows: str = "auto"):
-    """A clone of ``model`` whose selected Linears are quantized copies; returns (clone, Report)."""
+    """A MODEL of its own whose selected Linears are quantized copies of ``model``'s; returns (MODEL, Report)."""
     scheme = schemes.get(scheme_name, model.load_device)
     if quantized_paths(model):
         raise ValueError("this MODEL already went through Fastlane Quantize; quantize the original MODEL once")
@@ -122,9 +126,11 @@ def quantize(model, scheme_name: str, preset: str = "none", regex: str = "", few
         raise ValueError(f"no Linear left to quantize ({selection.summary()}); loosen the filter")
     dtype = _compute_dtype(model)
     work_device = model.load_device
-    patched = model.clone()
+    source = model.clone()
+    notes = _drop_qkv_fusion(source)
     linear_before = linear_after = baked = 0
     targets = set(selection.targets)
+    copies = {}
     for name in selection.quantized:
         path = f"diffusion_model.{name}"
         original = model.get_model_object(path)
@@ -134,28 +140,42 @@ def quantize(model, scheme_name: str, preset: str = "none", regex: str = "", few
             if live is None:
                 continue
             key = f"{path}.{param}"
-            source = _original(model, key, live)
-            linear_before += tensor_bytes(source)
+            weight = _original(model, key, live)
+            linear_before += tensor_bytes(weight)
             baked += key in model.patches
-            tensors[param] = _patched(model, key, source, dtype, work_device)
-            patched.patches.pop(key, None)  # baked into the copy: ComfyUI must not apply it again
+            tensors[param] = _patched(model, key, weight, dtype, work_device)
+            source.patches.pop(key, None)  # baked into the copy: ComfyUI must not apply it again
         if name in targets:
             q = _build(scheme, original, tensors["weight"], tensors.get("bias"))
         else:
             q = Fp8WeightOnlyLinear(tensors["weight"], tensors.get("bias"))
         q.to(model.offload_device)
         linear_after += sum(tensor_bytes(t) for t in q.state_dict().values())
-        patched.add_object_patch(path, q)
-    patched.add_wrapper_with_key(_outer_sample(), KEY, _refuse_later_patches(set(selection.quantized)))
-    patched.add_callback_with_key(_on_pre_run(), KEY, _note_offloaded_copies(sorted(selection.quantized)))
-    # ComfyUI loads a clone of a MODEL already in VRAM only if its patches_uuid differs (core's
-    # set_model_compute_dtype rerolls it too). With the old one it would swap the copies in where they were made
-    # (the offload device: copied to the GPU at every call) and leave the originals in VRAM. A new one makes
-    # ComfyUI move the originals out and the copies in, as when this MODEL is loaded first.
-    patched.patches_uuid = uuid.uuid4()
-    report = Report(scheme.name, selection, linear_before, linear_after, model.model_size(), baked)
+        copies[path] = q
+    quantized, copied = model_copy.own_model(source, copies)
+    quantized.add_wrapper_with_key(_outer_sample(), KEY, _refuse_later_patches(set(selection.quantized)))
+    quantized.add_callback_with_key(_on_pre_run(), KEY, _note_offloaded_copies(sorted(selection.quantized)))
+    report = Report(scheme.name, selection, linear_before, linear_after, model.model_size(), baked, copied, notes)
     log.info(report.text())
-    return patched, report
+    return quantized, report
+
+
+def _drop_qkv_fusion(model) -> tuple[str, ...]:
+    """Undo Fastlane QKV Fusion upstream: its fused attentions hold the received MODEL's projections, and quantized
+    projections are not fused anyway."""
+    twins = [k for k, v in model.object_patches.items() if hasattr(v, "fused_kind")]
+    if not twins:
+        return ()
+    from comfy.patcher_extension import CallbacksMP
+
+    from ..compilers import qkv_fusion
+
+    for k in twins:
+        model.object_patches.pop(k)
+    for call in (CallbacksMP.ON_LOAD, CallbacksMP.ON_PRE_RUN, CallbacksMP.ON_DETACH):
+        model.remove_callbacks_with_key(call, qkv_fusion.KEY)
+    return (f"Fastlane QKV Fusion upstream is undone here ({len(twins)} attentions): quantized projections cannot "
+            "be fused; put QKV Fusion on a 16-bit MODEL only.",)
 
 
 def _build(scheme: schemes.Scheme, original: torch.nn.Linear, weight: torch.Tensor,

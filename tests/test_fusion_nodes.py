@@ -181,11 +181,15 @@ def test_flux_passes_through_with_a_clear_note():
     assert model is not flux and model.object_patches == {}
 
 
-def test_fusion_then_quantize_works_and_the_other_order_is_refused(unet):
+def test_fusion_then_quantize_undoes_the_fusion_and_the_other_order_is_refused(unet):
     reference = run(unet)
-    q = NODE["FastlaneQuantize"].execute(model=fused(unet)[0], scheme="int8_weight_only", filter="none").result[0]
-    assert rel_err(run(q), reference) < 0.05  # quantized projections are not fused (tensor subclass): run as is
+    out = NODE["FastlaneQuantize"].execute(model=fused(unet)[0], scheme="int8_weight_only", filter="none")
+    q, report = out.result
+    assert "Fastlane QKV Fusion upstream is undone here" in report
+    assert not any(hasattr(v, "fused_kind") for v in q.object_patches.values())
+    assert not any(hasattr(m, "fused_kind") for m in q.model.diffusion_model.modules())
+    assert rel_err(run(q), reference) < 0.05  # quantized projections, unfused
     quantized_first = NODE["FastlaneQuantize"].execute(model=unet, scheme="int8_weight_only", filter="none").result[0]
-    with pytest.raises(ValueError, match="Put Fastlane QKV Fusion before them"):
+    with pytest.raises(ValueError, match="went through Fastlane Quantize, and quantized projections cannot be fused"):
         fused(quantized_first)
-    assert torch.equal(run(unet), reference)  # the shared torch model came back intact
+    assert torch.equal(run(unet), reference)  # the received torch model is intact

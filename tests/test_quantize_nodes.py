@@ -62,7 +62,7 @@ def test_the_received_model_is_unchanged(flux):
     sample(model, steps=5)
     assert flux.object_patches == {} and not flux.patches
     assert torch.equal(sample(flux, steps=5), before)
-    # ComfyUI swapped the quantized copies out when it loaded the received MODEL again
+    # the received torch model never held the quantized copies
     assert [type(m) for m in flux.model.diffusion_model.modules()] == types_before
 
 
@@ -85,7 +85,7 @@ def test_few_row_linears_can_hold_fp8_weights_instead(flux):
     model, report = quantized(flux, few_row_linears="fp8 weights")
     few_rows = {"double_blocks.0.img_mod.lin", "single_blocks.0.modulation.lin", "time_in.in_layer",
                 "final_layer.adaLN_modulation.1"}
-    kinds = {name: type(model.object_patches[f"diffusion_model.{name}"]) for name in quantized_names(model)}
+    kinds = {name: type(model.get_model_object(f"diffusion_model.{name}")) for name in quantized_names(model)}
     assert {kinds[n] for n in few_rows} == {Fp8WeightOnlyLinear}
     assert kinds["double_blocks.0.img_attn.qkv"] is QuantizedLinear  # the scheme still does the others
     assert "few-row Linears (modulation/embedders) with fp8 weights only" in report
@@ -180,7 +180,7 @@ def test_few_row_linears_get_fp8_weights_by_default_with_an_fp8_scheme(flux, fp8
     from fastlane.quantizers.fp8_weight_only import Fp8WeightOnlyLinear
 
     default, report = quantized(flux, "fp8_scaled_mm")  # few_row_linears left out, as an API prompt may
-    kinds = {name: type(default.object_patches[f"diffusion_model.{name}"]) for name in quantized_names(default)}
+    kinds = {name: type(default.get_model_object(f"diffusion_model.{name}")) for name in quantized_names(default)}
     assert kinds["double_blocks.0.img_mod.lin"] is Fp8WeightOnlyLinear and kinds["time_in.in_layer"] is \
         Fp8WeightOnlyLinear
     assert "few-row Linears (modulation/embedders) with fp8 weights only" in report
@@ -257,22 +257,66 @@ def test_fp8_scaled_mm_bakes_lora_in(flux, fp8_on_cpu):
     assert with_lora < 0.7 * without_lora
 
 
-def test_a_quantized_clone_of_a_model_already_loaded_is_loaded_as_itself(flux):
-    """ComfyUI leaves a loaded model's weights where they are for a clone with the same patches_uuid, and only swaps
-    its object patches in: the quantized copies would stay where they were made (the offload device; on a GPU machine
-    copied over at every call) and the originals in VRAM. Seen end to end in run s8-5: the FLUX fastest workflow took
-    12.7 s after the baseline had loaded the model, against 0.94 s. The clone must make ComfyUI load it."""
+def test_the_quantized_model_is_a_model_of_its_own_loaded_beside_the_received_one(flux):
+    """A compare graph runs the received and the quantized MODEL in turn. As clones of one torch model they made
+    ComfyUI move FLUX's weights out and in at every switch (9-16 s each on an H200, run s8-6); as two models ComfyUI
+    keeps both loaded (here on the CPU, on a GPU while VRAM holds both) and switching moves nothing."""
     import comfy.model_management as mm
 
+    reference = sample(flux, steps=4)
     mm.load_models_gpu([flux])
-    model, _ = quantized(flux)
+    model, report = quantized(flux)
     mm.load_models_gpu([model])
+    loaded = [m.model for m in mm.current_loaded_models]
+    assert any(m is flux for m in loaded) and any(m is model for m in loaded)  # neither unloaded the other
+    assert model.model is not flux.model and not model.is_clone(flux)
     copies = [model.get_model_object(f"diffusion_model.{name}") for name in quantized_names(model)]
     assert copies and all(getattr(c, "comfy_patched_weights", False) for c in copies)  # placed by ComfyUI's load
-    assert flux.model.current_weight_patches_uuid == model.patches_uuid != flux.patches_uuid
-    mm.load_models_gpu([flux])  # and back: the received MODEL is loaded as itself, with its own Linears
-    assert flux.model.current_weight_patches_uuid == flux.patches_uuid
+    storage = lambda m: {t.untyped_storage().data_ptr() for t in m.model.state_dict().values()  # noqa: E731
+                         if type(t) is torch.Tensor}  # (torchao's quantized tensors are subclasses)
+    assert storage(model) and not storage(model) & storage(flux)  # none shared: moving one never moves the other
+    uuid_before = flux.model.current_weight_patches_uuid
+    mm.load_models_gpu([flux])  # and back: nothing to reload
+    assert flux.model.current_weight_patches_uuid == uuid_before
     assert type(flux.model.diffusion_model.double_blocks[0].img_attn.qkv) is not type(copies[0])
+    assert torch.equal(sample(flux, steps=4), reference)
+    assert "model of its own" in report
+
+
+def test_patches_on_weights_left_16_bit_are_applied_to_the_copy(flux):
+    """A LoRA key that is not quantized (a 16-bit modulation Linear here) stays a patch, and ComfyUI applies it to
+    the quantized MODEL's own copy of that weight when it loads it."""
+    key = "diffusion_model.double_blocks.0.img_mod.lin.weight"
+    with_patch = flux.clone()
+    with_patch.add_patches({key: ("diff", (torch.full_like(flux.model.state_dict()[key], 0.2),))}, 1.0)
+    plain, _ = quantized(flux)
+    model, _ = quantized(with_patch)
+    assert key in model.patches and "double_blocks.0.img_mod.lin" not in quantized_names(model)
+    reference = sample(with_patch, steps=4)
+    assert rel_err(sample(model, steps=4), reference) < 0.3 * rel_err(sample(plain, steps=4), reference)
+    assert not torch.equal(sample(flux, steps=4), reference)  # the received MODEL did not take the patch
+
+
+def test_a_method_patched_onto_the_received_model_runs_on_the_quantized_copy(flux):
+    """Patch nodes that replace a method (``diffusion_model.forward_orig``, as TeaCache-style nodes do) bind it to
+    the received model's torch module; the quantized MODEL must run it on its own copy, not on the 16-bit weights."""
+    import types
+
+    seen = []
+    dm = flux.model.diffusion_model
+
+    def forward_orig(self, *args, **kwargs):
+        seen.append(self)
+        return type(self).forward_orig(self, *args, **kwargs)
+
+    patched = flux.clone()
+    patched.add_object_patch("diffusion_model.forward_orig", types.MethodType(forward_orig, dm))
+    model, _ = quantized(patched)
+    sample(model, steps=2)
+    assert seen and all(s is model.model.diffusion_model for s in seen)
+    seen.clear()
+    sample(patched, steps=2)
+    assert seen and all(s is dm for s in seen)
 
 
 def test_copies_left_off_the_load_device_are_reported(flux, caplog):
