@@ -38,6 +38,7 @@ PACK_DIR = BENCH_DIR.parent
 sys.path[:0] = [str(BENCH_DIR), str(PACK_DIR / "tests")]
 
 import run as bench  # noqa: E402  (benchmarks/run.py: log, module stand-ins, the environment record)
+import workflow_lora  # noqa: E402
 
 WORKFLOWS = PACK_DIR / "workflows" / "api"
 # comfy.sd.VAE's SD1.x/SDXL autoencoder (its default when a state dict names no other kind); FLUX's has 16 channels
@@ -112,17 +113,24 @@ def _sizes(*paths: Path) -> dict[str, float]:
     return {p.name: round(p.stat().st_size / 2**30, 2) for p in paths}
 
 
-def write_model_files(families: list[str], models_dir: Path, device) -> dict[str, Any]:
-    """The random-weight files the workflows of ``families`` name, under ``models_dir``'s ComfyUI folders."""
+MODEL_FILES = {"sdxl": "checkpoints/sd_xl_base_1.0.safetensors", "flux": "diffusion_models/flux1-dev.safetensors"}
+
+
+def write_model_files(families: list[str], models_dir: Path, device, lora: bool = False) -> dict[str, Any]:
+    """The random-weight files the workflows of ``families`` name, under ``models_dir``'s ComfyUI folders (and a
+    random LoRA per family with ``lora``: one family per run then, the LoRA file name being the same)."""
     import comfy.model_management as mm
     import folder_paths
 
-    for folder in ("checkpoints", "diffusion_models", "text_encoders", "vae"):
+    for folder in ("checkpoints", "diffusion_models", "text_encoders", "vae", "loras"):
         (models_dir / folder).mkdir(parents=True, exist_ok=True)
         folder_paths.add_model_folder_path(folder, str(models_dir / folder), is_default=True)
     started, files = time.perf_counter(), {}
     for family in families:
         files.update(WRITERS[family](models_dir, device))
+        if lora:
+            files.update(workflow_lora.write_random_lora(models_dir / MODEL_FILES[family], family,
+                                                         models_dir / "loras"))
         mm.unload_all_models()
         mm.soft_empty_cache()
     return {"files_gib": files, "written_s": round(time.perf_counter() - started, 1)}
@@ -184,10 +192,17 @@ def saved_images(result: dict, output_dir: Path) -> list[Path]:
 
 def run_workflow(runner, name: str, args, output_dir: Path, lines: FastlaneLines, clock: SamplerClock) -> dict:
     prompt = json.loads((WORKFLOWS / f"fastlane-{name}.api.json").read_text())
+    strengths = args.lora_strengths
+    if strengths:
+        prompt = workflow_lora.with_lora(prompt)
+        name = f"{name}+lora"
     images = []
     for i in range(args.images):
         lines.lines, clock.calls = [], []
-        bench.log(f"{name}: image {i + 1}/{args.images}")
+        if strengths:
+            workflow_lora.set_strength(prompt, strengths[i % len(strengths)])
+        bench.log(f"{name}: image {i + 1}/{args.images}"
+                  + (f", LoRA strength {strengths[i % len(strengths)]}" if strengths else ""))
         started = time.perf_counter()
         try:
             result = runner.run(prepared(prompt, i, args.size, args.steps))
@@ -228,7 +243,9 @@ def markdown(env: dict, model_files: dict, rows: list[dict], results: list[dict]
            f"- model files (random weights, written in {model_files['written_s']} s, read by the workflows' own "
            f"ComfyUI loaders): " + ", ".join(f"{name} {gib} GiB" for name, gib in model_files["files_gib"].items()),
            f"- {args.images} image(s) per workflow, a new seed each; size/steps as in the files"
-           + (f", except size {args.size}" if args.size else "") + (f", steps {args.steps}" if args.steps else ""),
+           + (f", except size {args.size}" if args.size else "") + (f", steps {args.steps}" if args.steps else "")
+           + (f"; a random LoRA (rank {workflow_lora.RANK}) after the model loader, image i at strength "
+              f"{args.lora_strengths} (cycled)" if args.lora_strengths else ""),
            "", "| workflow | status | image 1 s | later images s (median) | sampler s | vs baseline: image | "
            "vs baseline: sampler |", "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -251,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, help="override the latent's width and height (smoke runs)")
     p.add_argument("--steps", type=int, help="override the sampler's steps (smoke runs)")
     p.add_argument("--cpu", action="store_true", help="run ComfyUI on the CPU (a smoke run of this script)")
+    p.add_argument("--lora-strengths", type=lambda text: [float(x) for x in text.split(",")], default=None,
+                   help="add a random LoRA after each workflow's model loader (workflow_lora.py), image i at the "
+                        "i-th of these strengths (cycled), e.g. 1,1,0.5,0.5: what a LoRA strength change costs")
     p.add_argument("--out", type=Path, default=Path("out/workflows"))
     args = p.parse_args(argv)
     names = [n.strip() for n in args.workflows.split(",") if n.strip()]
@@ -281,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     folder_paths.set_output_directory(str(scratch / "output"))
     families = sorted({name.split("-")[0] for name in names})
     bench.log(f"writing random-weight model files for {families} under {scratch}")
-    model_files = write_model_files(families, scratch / "models", device)
+    if args.lora_strengths and len(families) > 1:
+        raise SystemExit("--lora-strengths: one family per run (the random LoRA's file name is the same)")
+    model_files = write_model_files(families, scratch / "models", device, lora=bool(args.lora_strengths))
     bench.log(f"model files: {model_files}")
 
     clock = SamplerClock(device)
