@@ -297,6 +297,24 @@ def test_patches_on_weights_left_16_bit_are_applied_to_the_copy(flux):
     assert not torch.equal(sample(flux, steps=4), reference)  # the received MODEL did not take the patch
 
 
+def test_the_copy_takes_the_original_weights_while_another_clone_has_its_patches_applied(flux):
+    """ComfyUI patches the shared torch model in place when it loads a clone with a LoRA (the originals go to the
+    clones' shared backup): a Quantize of the plain MODEL made meanwhile must start from the originals, for the
+    quantized Linears and for the weights it copies as they are."""
+    import comfy.model_management as mm
+
+    mod_key = "diffusion_model.double_blocks.0.img_mod.lin.weight"  # left 16-bit: copied, not quantized
+    plain, _ = quantized(flux)
+    reference = sample(plain, steps=3)
+    with_lora = flux.clone()
+    with_lora.add_patches({KEY: ("diff", (BUMP["diff"] * 20,)),
+                           mod_key: ("diff", (torch.full_like(flux.model.state_dict()[mod_key], 0.5),))}, 1.0)
+    mm.load_models_gpu([with_lora])
+    assert {KEY, mod_key} <= set(flux.backup)  # the LoRA is applied to the shared torch model right now
+    model, _ = quantized(flux)
+    assert torch.equal(sample(model, steps=3), reference)
+
+
 def test_a_method_patched_onto_the_received_model_runs_on_the_quantized_copy(flux):
     """Patch nodes that replace a method (``diffusion_model.forward_orig``, as TeaCache-style nodes do) bind it to
     the received model's torch module; the quantized MODEL must run it on its own copy, not on the 16-bit weights."""
