@@ -315,6 +315,19 @@ def test_the_copy_takes_the_original_weights_while_another_clone_has_its_patches
     assert torch.equal(sample(model, steps=3), reference)
 
 
+def test_an_object_patch_on_the_received_model_comes_along_as_the_copys_own(flux):
+    """Core's ModelSamplingFlux object-patches ``model_sampling`` with a module of its own: before or after
+    Quantize it must act the same, and the quantized MODEL must hold its own copy of it (nothing shared)."""
+    shift = NODE["ModelSamplingFlux"]().patch
+    shifted = shift(flux, 1.15, 0.5, 64, 64)[0]
+    before = quantized(shifted)[0]
+    after = shift(quantized(flux)[0], 1.15, 0.5, 64, 64)[0]
+    assert before.object_patches["model_sampling"] is not shifted.object_patches["model_sampling"]
+    out = sample(before, steps=3)
+    assert torch.equal(out, sample(after, steps=3))
+    assert not torch.equal(out, sample(quantized(flux)[0], steps=3))  # the shift matters
+
+
 def test_a_method_patched_onto_the_received_model_runs_on_the_quantized_copy(flux):
     """Patch nodes that replace a method (``diffusion_model.forward_orig``, as TeaCache-style nodes do) bind it to
     the received model's torch module; the quantized MODEL must run it on its own copy, not on the 16-bit weights."""
