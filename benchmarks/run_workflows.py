@@ -46,6 +46,10 @@ SD_VAE_CONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_chann
                  "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
 
 
+# the diffusion model file each family's workflows load (the random LoRA reads its shapes)
+MODEL_FILES = {"sdxl": "checkpoints/sd_xl_base_1.0.safetensors", "flux": "diffusion_models/flux1-dev.safetensors"}
+
+
 def write_random_sdxl_files(models_dir: Path, device) -> dict[str, float]:
     """SDXL (UNet, CLIP-L and CLIP-G, VAE) with random weights in the layout of ``sd_xl_base_1.0.safetensors``,
     written by ComfyUI's own ``save_checkpoint``, so ``CheckpointLoaderSimple`` detects and loads it as the real
@@ -60,7 +64,7 @@ def write_random_sdxl_files(models_dir: Path, device) -> dict[str, float]:
     models.random_init_(clip.cond_stage_model, seed=1)
     autoencoder = AutoencoderKL(ddconfig=SD_VAE_CONFIG, embed_dim=4)
     models.random_init_(autoencoder, seed=2)
-    path = models_dir / "checkpoints" / "sd_xl_base_1.0.safetensors"
+    path = models_dir / MODEL_FILES["sdxl"]
     comfy.sd.save_checkpoint(str(path), built.patcher, clip, comfy.sd.VAE(sd=autoencoder.state_dict()),
                              metadata={"fastlane": bench.RANDOM_WEIGHTS_NOTE})
     return _sizes(path)
@@ -78,7 +82,7 @@ def write_random_flux_files(models_dir: Path, device) -> dict[str, float]:
 
     built = models.build_model("flux", device=device, dtype=torch.bfloat16)
     target = built.patcher.model.model_config.clip_target()
-    paths = {"unet": models_dir / "diffusion_models" / "flux1-dev.safetensors",
+    paths = {"unet": models_dir / MODEL_FILES["flux"],
              "clip_l": models_dir / "text_encoders" / "clip_l.safetensors",
              "t5xxl": models_dir / "text_encoders" / "t5xxl_fp16.safetensors",
              "vae": models_dir / "vae" / "ae.safetensors"}
@@ -111,9 +115,6 @@ def _placed(device) -> dict:
 
 def _sizes(*paths: Path) -> dict[str, float]:
     return {p.name: round(p.stat().st_size / 2**30, 2) for p in paths}
-
-
-MODEL_FILES = {"sdxl": "checkpoints/sd_xl_base_1.0.safetensors", "flux": "diffusion_models/flux1-dev.safetensors"}
 
 
 def write_model_files(families: list[str], models_dir: Path, device, lora: bool = False) -> dict[str, Any]:
@@ -199,10 +200,10 @@ def run_workflow(runner, name: str, args, output_dir: Path, lines: FastlaneLines
     images = []
     for i in range(args.images):
         lines.lines, clock.calls = [], []
-        if strengths:
-            workflow_lora.set_strength(prompt, strengths[i % len(strengths)])
-        bench.log(f"{name}: image {i + 1}/{args.images}"
-                  + (f", LoRA strength {strengths[i % len(strengths)]}" if strengths else ""))
+        strength = strengths[i % len(strengths)] if strengths else None
+        if strength is not None:
+            workflow_lora.set_strength(prompt, strength)
+        bench.log(f"{name}: image {i + 1}/{args.images}" + (f", LoRA strength {strength}" if strengths else ""))
         started = time.perf_counter()
         try:
             result = runner.run(prepared(prompt, i, args.size, args.steps))

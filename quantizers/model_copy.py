@@ -10,7 +10,8 @@ is offloaded when it does not.
 Nothing is shared between the two torch models: the copy takes the *original* weights (another clone's LoRA or
 object patches may be applied to the shared model right now: ComfyUI keeps the originals in the clones' shared
 backups) and ComfyUI applies this MODEL's remaining patches to the copy when it loads it. Cost: the quantized Linears
-plus a copy of every other weight (FLUX: norms, embedders; a few hundred MB at most), kept on the offload device.
+plus a copy of every other weight (FLUX with fp8 few-row weights: its norms, 0.1 MB, run s9-1; SDXL: its
+convolutions too), kept on the offload device.
 """
 from __future__ import annotations
 
