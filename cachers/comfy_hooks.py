@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
+
 import comfy.model_patcher
 import comfy.patcher_extension
 from comfy.patcher_extension import WrappersMP
@@ -79,17 +81,24 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     original_options = guider.model_options
     guider.model_options = comfy.model_patcher.create_model_options_clone(original_options)
     options = guider.model_options["transformer_options"]
-    cache: StepCache = options[HOLDER_KEY].fresh()
+    cache: StepCache = options[HOLDER_KEY].fresh(_time_fn(guider.model_patcher))
     options[HOLDER_KEY] = cache
     try:
         return executor(*args, **kwargs)
     finally:
         summary = cache.summary()
         if summary["steps"]:
-            log.info("Fastlane %s (%s): computed %d of %d steps %s, %d calls from cache, cache %.1f MB",
+            log.info("Fastlane %s (%s): computed %d of %d steps %s, %d calls from cache, cache %.1f MB (%s)",
                      summary["label"], summary["policy"], len(summary["computed_steps"]), summary["steps"],
-                     summary["computed_steps"], summary["forecast_calls"], summary["cache_bytes"] / 2**20)
+                     summary["computed_steps"], summary["forecast_calls"], summary["cache_bytes"] / 2**20,
+                     summary["forecast"])
         guider.model_options = original_options
+
+
+def _time_fn(patcher):
+    """sigma -> the model's own timestep (FLUX: sigma itself; SD: the 0..999 index), for the "time" coordinate."""
+    model_sampling = patcher.get_model_object("model_sampling")
+    return lambda sigma: float(model_sampling.timestep(torch.tensor([float(sigma)])).flatten()[0])
 
 
 def attach(model: comfy.model_patcher.ModelPatcher, cache: StepCache, adapter: Any) -> comfy.model_patcher.ModelPatcher:

@@ -137,12 +137,16 @@ class TargetSpeedPolicy(Policy):
 
     name = "target"
 
-    def __init__(self, fraction: float, window: Window = Window(), warmup: int = 1, last: bool = True) -> None:
+    def __init__(self, fraction: float, window: Window = Window(), warmup: int = 1, last: bool = True,
+                 growth: float = 0.0) -> None:
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"compute fraction must be in (0, 1], got {fraction}")
+        if not 0.0 <= growth <= 1.0:
+            raise ValueError(f"spacing growth must be in [0, 1] (0: even gaps, 1: gaps growing from 0), got {growth}")
         super().__init__(window, warmup)
         self.fraction = fraction
         self.last = last
+        self.growth = growth
         self.plan: set[int] = set()
 
     def begin(self, num_steps: int, step_sizes: list[float] | None = None) -> None:
@@ -152,22 +156,32 @@ class TargetSpeedPolicy(Policy):
         inside = [s for s in range(num_steps) if s not in outside]
         plan = set(inside[:min(self.warmup, budget)])
         free = [s for s in inside if s not in plan]
-        self.plan = outside | plan | set(spread(free, budget - len(plan), self.last))
+        self.plan = outside | plan | set(spread(free, budget - len(plan), self.last, self.growth))
 
     def decide(self, step: int, signal: float | None) -> bool:
         return step in self.plan
 
     def describe(self) -> str:
-        return f"target {self.fraction:g} of steps"
+        return f"target {self.fraction:g} of steps" + (f", gaps growing {self.growth:g}" if self.growth else "")
 
 
-def spread(items: list[int], k: int, last: bool = True) -> list[int]:
-    """``k`` of ``items`` at even spacing; with ``last`` the final item is one of them, else they sit centred."""
+def spread(items: list[int], k: int, last: bool = True, growth: float = 0.0) -> list[int]:
+    """``k`` of ``items`` at even spacing; with ``last`` the final item is one of them, else they sit centred.
+
+    ``growth`` > 0 (with ``last``) makes the gaps grow along the run, Spectrum's schedule shape (dense where features
+    change fast, sparse late): item ``j`` of ``k`` sits at ``n * ((1 - growth) * s + growth * s**2)``, ``s = j / k``,
+    pushed forward where rounding would put two on one item.
+    """
     n = len(items)
     if k <= 0 or n == 0:
         return []
     if k >= n:
         return list(items)
-    if last:
-        return [items[round((j + 1) * n / k) - 1] for j in range(k)]
-    return [items[round((j + 1) * (n + 1) / (k + 1)) - 1] for j in range(k)]
+    if not last:
+        return [items[round((j + 1) * (n + 1) / (k + 1)) - 1] for j in range(k)]
+    picked: list[int] = []
+    for j in range(1, k + 1):
+        s = j / k
+        index = max(round(n * ((1.0 - growth) * s + growth * s * s)) - 1, picked[-1] + 1 if picked else 0)
+        picked.append(min(index, n - 1 - (k - j)))
+    return [items[i] for i in picked]

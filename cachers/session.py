@@ -12,7 +12,7 @@ from typing import Callable, Hashable
 
 import torch
 
-from .forecast import TaylorForecaster
+from .forecast import Forecaster, ForecastSpec
 from .policies import Policy
 from .schedule import StepClock
 
@@ -24,20 +24,21 @@ class Call:
     """One diffusion-model call: where it sits on the schedule and whether the model runs."""
 
     step: int
-    position: float
+    position: float  # on the schedule (0..steps)
+    coordinate: float  # in the forecaster's coordinate (step position, sigma or model time)
     key: Hashable
     compute: bool
     run: "CacheRun"
     scratch: dict = field(default_factory=dict)  # adapters keep per-call tensors here (e.g. the block-stack input)
 
     def forecast(self, feature: str) -> torch.Tensor:
-        return self.run.forecasters[(self.key, feature)].predict(self.position)
+        return self.run.forecasters[(self.key, feature)].predict(self.coordinate)
 
     def store(self, feature: str, value: torch.Tensor) -> None:
         forecaster = self.run.forecasters.get((self.key, feature))
         if forecaster is None:
-            forecaster = self.run.forecasters[(self.key, feature)] = TaylorForecaster(self.run.order)
-        forecaster.update(self.position, value)
+            forecaster = self.run.forecasters[(self.key, feature)] = self.run.forecast.make(self.run.domain)
+        forecaster.update(self.coordinate, value)
 
 
 @dataclass
@@ -78,9 +79,10 @@ class CacheRun:
 
     clock: StepClock
     policy: Policy
-    order: int
+    forecast: ForecastSpec
+    time_fn: Callable[[float], float] | None = None  # sigma -> the model's timestep (for the "time" coordinate)
     decisions: dict[int, bool] = field(default_factory=dict)
-    forecasters: dict[tuple, TaylorForecaster] = field(default_factory=dict)
+    forecasters: dict[tuple, Forecaster] = field(default_factory=dict)
     signal: _ChangeSignal = field(default_factory=_ChangeSignal)
     lead_key: Hashable | None = None
     computed_calls: int = 0
@@ -89,6 +91,17 @@ class CacheRun:
     def __post_init__(self) -> None:
         n = self.clock.num_steps
         self.policy.begin(n, [self.clock.step_size(i) for i in range(n)])
+        first, last = self.clock.sigmas[0], self.clock.sigmas[-1]
+        self.domain = (self.coordinate(first, 0.0), self.coordinate(last, float(n)))
+
+    def coordinate(self, sigma: float, position: float) -> float:
+        """Where a call at ``sigma`` (schedule ``position``) sits in the forecaster's coordinate."""
+        kind = self.forecast.coordinate
+        if kind == "step":
+            return position
+        if kind == "sigma" or self.time_fn is None:
+            return sigma
+        return self.time_fn(sigma)
 
     def decide(self, step: int, key: Hashable, x: torch.Tensor) -> bool:
         if self.lead_key is None:
@@ -109,22 +122,30 @@ class StepCache:
     """What a cacher node attaches to a model: how to decide (a policy factory), how far to forecast (Taylor order),
     and what to cache (granularity, interpreted by the model family's adapter)."""
 
-    def __init__(self, make_policy: Callable[[], Policy], order: int, granularity: str, label: str) -> None:
-        TaylorForecaster(order)  # validates order
+    def __init__(self, make_policy: Callable[[], Policy], forecast: ForecastSpec | int, granularity: str,
+                 label: str) -> None:
         make_policy()  # validates the policy's parameters now, at node time, not mid-sampling
         self.make_policy = make_policy
-        self.order = order
+        # a plain int is a Taylor order (validated by the spec)
+        self.forecast = forecast if isinstance(forecast, ForecastSpec) else ForecastSpec("taylor", order=forecast)
         self.granularity = granularity
         self.label = label
+        self.time_fn: Callable[[float], float] | None = None  # set per run by the glue (the model's sigma -> t)
         self.run: CacheRun | None = None
         self._sigmas = None
 
-    def fresh(self) -> "StepCache":
-        return StepCache(self.make_policy, self.order, self.granularity, self.label)
+    @property
+    def order(self) -> int:
+        return self.forecast.order
+
+    def fresh(self, time_fn: Callable[[float], float] | None = None) -> "StepCache":
+        cache = StepCache(self.make_policy, self.forecast, self.granularity, self.label)
+        cache.time_fn = time_fn
+        return cache
 
     def begin_call(self, x: torch.Tensor, sigma: float, sample_sigmas, key: Hashable, features: tuple[str, ...]) -> Call:
         if self.run is None or (sample_sigmas is not self._sigmas and not self.run.clock.matches(sample_sigmas)):
-            self.run = CacheRun(StepClock(sample_sigmas), self.make_policy(), self.order)
+            self.run = CacheRun(StepClock(sample_sigmas), self.make_policy(), self.forecast, self.time_fn)
         self._sigmas = sample_sigmas  # the sampler passes the same tensor every call: skip the value comparison
         run = self.run
         step = run.clock.step_index(sigma)
@@ -132,7 +153,7 @@ class StepCache:
         compute = run.decide(step, key, x)
         if not compute and not all((key, f) in run.forecasters for f in features):
             compute = True  # this batch composition has nothing cached yet
-        return Call(step, position, key, compute, run)
+        return Call(step, position, run.coordinate(sigma, position), key, compute, run)
 
     def end_call(self, call: Call, x: torch.Tensor, out: torch.Tensor) -> None:
         run = call.run
@@ -151,6 +172,7 @@ class StepCache:
         return {
             "label": self.label,
             "policy": run.policy.describe(),
+            "forecast": self.forecast.describe(),
             "order": self.order,
             "granularity": self.granularity,
             "steps": run.clock.num_steps,

@@ -7,6 +7,7 @@ from comfy_api.latest import io
 
 from ..cachers.adapters import ADAPTERS, adapter_for, all_granularities, default_granularity
 from ..cachers.comfy_hooks import attach
+from ..cachers.forecast import COORDINATES, ForecastSpec
 from ..cachers.policies import AdaptivePolicy, IntervalPolicy, TargetSpeedPolicy, Window
 from ..cachers.session import StepCache
 
@@ -43,9 +44,10 @@ def _granularity_for(adapter, granularity: str) -> str:
     return granularity
 
 
-def _cached(model, make_policy, order: int, granularity: str, label: str, adapter=None) -> io.NodeOutput:
+def _cached(model, make_policy, forecast: ForecastSpec | int, granularity: str, label: str, adapter=None
+            ) -> io.NodeOutput:
     adapter = adapter or adapter_for(model)
-    cache = StepCache(make_policy, order, _granularity_for(adapter, granularity), label)
+    cache = StepCache(make_policy, forecast, _granularity_for(adapter, granularity), label)
     return io.NodeOutput(attach(model, cache, adapter))
 
 
@@ -201,4 +203,50 @@ class FastlaneDeepCache(io.ComfyNode):
         return _cached(model, policy, 0, "deep", f"DeepCache/{interval}/b{branch}", adapter.with_branch(branch))
 
 
-NODES = [FastlaneFORA, FastlaneTaylorSeer, FastlaneAdaptiveCache, FastlaneTargetSpeedCache, FastlaneDeepCache]
+class FastlaneSpectrumCache(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FastlaneSpectrumCache",
+            display_name="Fastlane Spectrum Cache",
+            category=CATEGORY,
+            description="Spectrum-class caching (CVPR 2026, 'Adaptive Spectral Feature Forecasting'): exactly "
+                        "`compute_fraction` of the steps run the full model, on a plan whose gaps grow along the run "
+                        "(features change fast early, slowly late); every other step is forecast from a Chebyshev "
+                        "series over the run's time, ridge-fitted to *all* computed steps and blended with a linear "
+                        "extrapolation of the last two. compute_fraction 1 is exactly the uncached model.",
+            inputs=[
+                _model_input(),
+                io.Float.Input("compute_fraction", default=0.3, min=0.05, max=1.0, step=0.01,
+                               tooltip="Fraction of the steps that run the full model (0.3: 3.3x fewer passes)."),
+                io.Int.Input("degree", default=4, min=1, max=8,
+                             tooltip="Chebyshev degree M of the fitted series (Spectrum: 4). Truncated while fewer "
+                                     "than M+1 steps have computed."),
+                io.Float.Input("ridge", default=0.1, min=0.0, max=10.0, step=0.01,
+                               tooltip="Ridge regularisation lambda of the fit (Spectrum: 0.1)."),
+                io.Float.Input("blend", default=0.5, min=0.0, max=1.0, step=0.05,
+                               tooltip="Weight w of the spectral forecast against linear extrapolation of the last "
+                                       "two computed steps (1: spectral only, 0: linear only)."),
+                io.Int.Input("warmup_steps", default=2, min=0, max=100,
+                             tooltip="Steps at the start that always compute (part of the budget)."),
+                io.Float.Input("growth", default=0.5, min=0.0, max=1.0, step=0.05,
+                               tooltip="How much the gaps between computed steps grow along the run (0: even "
+                                       "spacing, 1: from dense to sparse)."),
+                io.Combo.Input("coordinate", options=list(COORDINATES), default="step",
+                               tooltip="The time axis the series is fitted over: step (position on the schedule), "
+                                       "sigma (noise level) or time (the model's own timestep)."),
+                *_common_inputs(),
+            ],
+            outputs=[io.Model.Output(tooltip="The model with Spectrum caching (the input MODEL is unchanged).")],
+        )
+
+    @classmethod
+    def execute(cls, model, compute_fraction: float, degree: int, ridge: float, blend: float, warmup_steps: int,
+                growth: float, coordinate: str, granularity: str, start: float, end: float) -> io.NodeOutput:
+        policy = partial(TargetSpeedPolicy, compute_fraction, Window(start, end), warmup_steps, True, growth)
+        forecast = ForecastSpec("spectrum", degree=degree, ridge=ridge, blend=blend, coordinate=coordinate)
+        return _cached(model, policy, forecast, granularity, f"Spectrum/{compute_fraction:g}/M{degree}")
+
+
+NODES = [FastlaneFORA, FastlaneTaylorSeer, FastlaneAdaptiveCache, FastlaneTargetSpeedCache, FastlaneSpectrumCache,
+         FastlaneDeepCache]

@@ -6,6 +6,9 @@ Granularities:
   block minus the concatenated txt/img entering the first double block) is stored; on cached steps every block
   passes its input through and the last adds the forecast residual. The input embeddings and the final layer run
   on every step, so the timestep's modulation of the output stays exact; they cost ~1-2% of a step.
+- ``last_block``: Spectrum's feature: the hidden state leaving the last single block (before the final layer's
+  timestep-modulated norm and projection, which run on every step). Cached steps pass every block through and the
+  last returns the forecast state itself; unlike ``blocks`` no current input is added back.
 - ``attention_mlp``: FORA's original granularity. Per block, the attention and MLP outputs are kept *before* their
   adaLN gates (captured with forward hooks on the block's own ``proj``/``mlp``/``linear2`` modules, registered only
   for the duration of a computed call); on cached steps each block recomputes its modulation from the current
@@ -30,13 +33,14 @@ BlockFn = Callable[[dict], dict]
 
 class FluxAdapter:
     family = "FLUX"
-    granularities = ("blocks", "attention_mlp", "output")
+    granularities = ("blocks", "last_block", "attention_mlp", "output")
 
     def supports(self, diffusion_model: torch.nn.Module) -> bool:
         return isinstance(diffusion_model, comfy.ldm.flux.model.Flux)
 
     def features(self, granularity: str) -> tuple[str, ...]:
-        return {"blocks": ("residual",), "attention_mlp": ("double0.img_attn",)}.get(granularity, ("out",))
+        return {"blocks": ("residual",), "last_block": ("hidden",),
+                "attention_mlp": ("double0.img_attn",)}.get(granularity, ("out",))
 
     def check_call(self, cache: StepCache, args: tuple, kwargs: dict) -> None:
         control = args[6] if len(args) > 6 else kwargs.get("control")
@@ -54,15 +58,16 @@ class FluxAdapter:
                              "blocks; use granularity 'output'.")
         existing = patcher.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
         per_block = cache.granularity == "attention_mlp"
+        residual = cache.granularity == "blocks"
         for i in range(n_double):
             key = ("double_block", i)
             patch = (_double_attention_mlp_patch(i, flux.double_blocks[i], existing.get(key)) if per_block
-                     else _double_block_patch(first=i == 0, previous=existing.get(key)))
+                     else _double_block_patch(first=i == 0 and residual, previous=existing.get(key)))
             patcher.set_model_patch_replace(patch, "dit", *key)
         for i in range(n_single):
             key = ("single_block", i)
             patch = (_single_attention_mlp_patch(i, flux.single_blocks[i], existing.get(key)) if per_block
-                     else _single_block_patch(last=i == n_single - 1, previous=existing.get(key)))
+                     else _single_block_patch(last=i == n_single - 1, previous=existing.get(key), residual=residual))
             patcher.set_model_patch_replace(patch, "dit", *key)
 
 
@@ -73,6 +78,8 @@ def _runner(previous, extra: dict) -> BlockFn:
 
 
 def _double_block_patch(first: bool, previous) -> Callable[[dict, dict], dict]:
+    """``first``: keep the stack's entry (for the ``blocks`` residual)."""
+
     def patch(args: dict, extra: dict) -> dict:
         call = current_call(args["transformer_options"])
         if call is None or call.compute:
@@ -84,16 +91,21 @@ def _double_block_patch(first: bool, previous) -> Callable[[dict, dict], dict]:
     return patch
 
 
-def _single_block_patch(last: bool, previous) -> Callable[[dict, dict], dict]:
+def _single_block_patch(last: bool, previous, residual: bool = True) -> Callable[[dict, dict], dict]:
+    """``last`` stores (computed) or serves (cached) the feature: the stack's residual, or the hidden state itself."""
+
     def patch(args: dict, extra: dict) -> dict:
         call = current_call(args["transformer_options"])
         if call is None or call.compute:
             out = _runner(previous, extra)(args)
             if call is not None and last:
-                call.store("residual", out["img"] - call.scratch.pop("entry"))
+                if residual:
+                    call.store("residual", out["img"] - call.scratch.pop("entry"))
+                else:
+                    call.store("hidden", out["img"].clone())  # a copy: ControlNet-free, but later code may slice it
             return out
         if last:
-            return {"img": args["img"] + call.forecast("residual")}
+            return {"img": args["img"] + call.forecast("residual") if residual else call.forecast("hidden")}
         return {"img": args["img"]}
 
     return patch
