@@ -34,13 +34,15 @@ sys.path.insert(0, str(PACK / "tests"))
 
 import comfy_host  # noqa: E402  (brings ComfyUI into this process, with the pack loaded)
 
-comfy_host.load()
+# --device cuda samples on the GPU (the proxy's duel in minutes instead of an hour on 2 CPU cores); read before
+# ComfyUI's model management is imported, which picks its device once.
+comfy_host.load(cpu="cuda" not in sys.argv[sys.argv.index("--device") + 1:][:1] if "--device" in sys.argv else True)
 
 import torch  # noqa: E402
 
 import comfy.sample  # noqa: E402
 import nodes  # noqa: E402
-from fastlane.demo import codec, model as demo, sdxl  # noqa: E402
+from fastlane.demo import codec, model as demo, proxy, sdxl  # noqa: E402
 from fastlane.measure.report import fidelity  # noqa: E402
 
 NODE = nodes.NODE_CLASS_MAPPINGS
@@ -109,6 +111,100 @@ def sdxl_grid(quick: bool) -> list[tuple[str, callable]]:
     return rows
 
 
+FRACTIONS = (0.15, 0.2, 0.3, 0.4, 0.5, 0.6)
+CORE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5)
+
+
+SPECTRUM_DEFAULTS = dict(degree=4, ridge=0.1, blend=0.5, warmup_steps=2, growth=0.5, coordinate="step")
+
+
+def spectrum_node(m, fraction: float, granularity: str, **kw):
+    settings = {**SPECTRUM_DEFAULTS, **kw}
+    extra = {k: settings.pop(k) for k in ("half_life", "penalise_level") if k in settings}
+    model = NODE["FastlaneSpectrumCache"].execute(model=m, compute_fraction=fraction, granularity=granularity,
+                                                  **settings, **ALL).result[0]
+    if extra:  # research knobs not on the node: set on the attached cache's forecast spec
+        import dataclasses
+        cache = model.model_options["transformer_options"]["fastlane_cache"]
+        cache.forecast = dataclasses.replace(cache.forecast, **extra)
+    return model
+
+
+def duel_grid(quick: bool, deep: str = "blocks") -> list[tuple]:
+    """Issue 18's duel: every cacher over computed fractions 0.15-0.6, with the same subjects and seeds, as
+    ``(setting, make, method)``; ``method`` groups a curve in the plot. ``deep`` is the family's block granularity
+    (FLUX: blocks; SDXL: deep)."""
+    rows: list[tuple] = [("no cache", lambda m: m, "none")]
+    fractions = (0.2, 0.3) if quick else FRACTIONS
+    for f in fractions:
+        for order in (0, 1, 2, 3):
+            method = "FORA (reuse)" if order == 0 else f"Target Speed order {order}"
+            rows.append((f"Target {f} order {order} ({deep})", lambda m, f=f, o=order: NODE[
+                "FastlaneTargetSpeedCache"].execute(model=m, compute_fraction=f, order=o, granularity=deep,
+                                                    **ALL).result[0], method))
+        rows.append((f"Spectrum {f} (defaults, {deep})", lambda m, f=f: spectrum_node(m, f, deep), "Spectrum"))
+        if deep == "blocks":
+            rows.append((f"Spectrum {f} (defaults, last_block)", lambda m, f=f: spectrum_node(m, f, "last_block"),
+                         "Spectrum last_block"))
+    if quick:
+        return rows
+    for interval in (2, 3, 4, 5, 6):
+        for order in (1, 2, 3):
+            rows.append((f"TaylorSeer interval {interval} order {order} ({deep})", lambda m, i=interval, o=order: NODE[
+                "FastlaneTaylorSeer"].execute(model=m, interval=i, order=o, warmup_steps=2, granularity=deep,
+                                              **ALL).result[0], f"TaylorSeer order {order}"))
+    for t in (0.05, 0.1, 0.2, 0.4, 0.8):
+        rows.append((f"Adaptive threshold {t} order 1 ({deep})", lambda m, t=t: NODE["FastlaneAdaptiveCache"].execute(
+            model=m, threshold=t, max_skips=3, order=1, warmup_steps=2, granularity=deep, **ALL).result[0],
+            "Adaptive"))
+    for name in ("EasyCache", "LazyCache"):
+        for t in CORE_THRESHOLDS:
+            rows.append((f"core {name} threshold {t}", lambda m, n=name, t=t: NODE[n].execute(
+                model=m, reuse_threshold=t, start_percent=0.15, end_percent=0.95, verbose=False).result[0],
+                f"core {name}"))
+    for t in CORE_THRESHOLDS:  # why core EasyCache fares badly on the fp32 demo models: see easycache_input_copied
+        rows.append((f"core EasyCache threshold {t}, input copied (probe)",
+                     lambda m, t=t: easycache_input_copied(m, t), "core EasyCache, input copied (probe)"))
+    # Spectrum's ingredients one at a time, at 0.3 and 0.2 computed
+    variants = [("growth 0 (even plan)", dict(growth=0.0)), ("growth 1", dict(growth=1.0)),
+                ("warm-up 1", dict(warmup_steps=1)), ("warm-up 5 (paper)", dict(warmup_steps=5)),
+                ("blend 1 (spectral only)", dict(blend=1.0)), ("blend 0 (linear only)", dict(blend=0.0)),
+                ("ridge 0.01", dict(ridge=0.01)), ("ridge 1", dict(ridge=1.0)),
+                ("degree 2", dict(degree=2)), ("degree 6", dict(degree=6)),
+                ("coordinate sigma", dict(coordinate="sigma")),
+                ("level unpenalised", dict(penalise_level=False)),
+                ("half-life 0.1", dict(half_life=0.1)), ("half-life 0.25", dict(half_life=0.25)),
+                ("even, half-life 0.1, level free", dict(growth=0.0, half_life=0.1, penalise_level=False)),
+                ("even, half-life 0.25, level free", dict(growth=0.0, half_life=0.25, penalise_level=False))]
+    for f in (0.3, 0.2):
+        for label, kw in variants:
+            rows.append((f"Spectrum {f} {label} ({deep})", lambda m, f=f, kw=kw: spectrum_node(m, f, deep, **kw),
+                         "Spectrum variants"))
+        rows.append((f"Spectrum {f} (defaults, output)", lambda m, f=f: spectrum_node(m, f, "output"),
+                     "Spectrum variants"))
+    return rows
+
+
+def easycache_input_copied(m, threshold: float):
+    """Core EasyCache with the diffusion model's input copied before EasyCache sees it.
+
+    On a skipped step core EasyCache adds its cached difference to the model's input *in place* and returns that
+    tensor. For a flow model (FLUX: ``calculate_input`` is the identity) running in the sampler's dtype (float32, as
+    the demo models do on a CPU), that input is the very tensor ComfyUI then computes the denoised image from, so
+    the skipped step's denoised = (1 - sigma) * (x + diff) instead of x - sigma * (x + diff). A 16-bit model (real
+    FLUX on a GPU) gets a cast copy and never shows it. This probe gives EasyCache that copy on a float32 model."""
+    from comfy.patcher_extension import WrappersMP
+
+    model = NODE["EasyCache"].execute(model=m, reuse_threshold=threshold, start_percent=0.15, end_percent=0.95,
+                                      verbose=False).result[0]
+
+    def copy_input(executor, x, *args, **kwargs):
+        return executor(x.clone(), *args, **kwargs)
+
+    model.wrappers.setdefault(WrappersMP.DIFFUSION_MODEL, {}).setdefault("easycache", []).insert(0, copy_input)
+    return model
+
+
 class CallCounter:
     """Counts forward calls of modules of the real model with forward pre-hooks (not a stand-in)."""
 
@@ -139,6 +235,7 @@ class Family:
     sampling_note: str
     counted: Callable[[Any], list]  # diffusion model -> modules a full computation calls once per model call
     blocks: Callable[[Any], list] | None = None  # diffusion model -> every block (for the "blocks run" column)
+    block_granularity: str = "blocks"  # the cachers' block-level granularity for this family (the duel uses it)
 
 
 def _unet_blocks(unet) -> list[torch.nn.Module]:
@@ -152,11 +249,16 @@ FAMILIES = {
                    "Fastlane demo FLUX-class model (demo/weights, trained by scripts/train_demo.py)",
                    "euler/simple, {steps} steps, {size}x{size}, guidance 3.5, cfg 1",
                    lambda flux: [*flux.double_blocks, *flux.single_blocks]),
+    "flux-proxy": Family(proxy, flux_grid, 28, 1.0, "simple", 16, "fidelity_proxy",
+                         "Fastlane proxy FLUX-class model (demo/weights/fastlane-proxy-flux.safetensors, procedural "
+                         "scenes, trained by scripts/train_demo.py --family flux-proxy)",
+                         "euler/simple, {steps} steps, {size}x{size}, guidance 3.5, cfg 1",
+                         lambda flux: [*flux.double_blocks, *flux.single_blocks]),
     "sdxl": Family(sdxl, sdxl_grid, 30, sdxl.DEFAULT_CFG, "normal", 4, "fidelity_sdxl",
                    "Fastlane demo SDXL-class UNet (demo/weights/fastlane-demo-sdxl.safetensors, eps, trained by "
                    "scripts/train_demo.py --family sdxl)",
                    "euler/normal, {steps} steps, {size}x{size}, cfg {cfg} (negative: the 'none' class)",
-                   lambda unet: [unet.middle_block[0]], _unet_blocks),
+                   lambda unet: [unet.middle_block[0]], _unet_blocks, "deep"),
 }
 
 
@@ -178,12 +280,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--grid", choices=["default", "duel"], default="default",
+                        help="duel: issue 18's comparison of every cacher over computed fractions 0.15-0.6")
+    parser.add_argument("--only", default="", help="comma-separated substrings: run only settings containing one")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     family = FAMILIES[args.family]
     args.steps = args.steps or family.steps
+    grid = family.grid(args.quick) if args.grid == "default" else duel_grid(args.quick, family.block_granularity)
+    if args.only:
+        grid = [row for row in grid if row[0] == "no cache" or any(k in row[0] for k in args.only.split(","))]
 
-    base = family.module.load_demo_patcher()
+    base = family.module.load_demo_patcher(dtype=torch.float32)  # fp32 on a GPU too: no bf16 noise in the scores
     net = base.model.diffusion_model
     counted = CallCounter(family.counted(net))
     blocks = CallCounter(family.blocks(net)) if family.blocks else None
@@ -192,7 +301,7 @@ def main() -> None:
     ref_counted, ref_blocks = counted.calls, blocks.calls if blocks else None
 
     results = []
-    for name, make in family.grid(args.quick):
+    for name, make, *method in grid:
         model = make(base)
         counted.calls = 0
         if blocks:
@@ -203,7 +312,8 @@ def main() -> None:
         scores = [fidelity(images[c], reference[c]) for c in cases]
         psnr = [s["psnr_db"] for s in scores]
         ssim = [s["ssim"] for s in scores]
-        row = {"setting": name, "computed_fraction": round(counted.calls / ref_counted, 3)}
+        row = {"setting": name, "method": method[0] if method else name,
+               "computed_fraction": round(counted.calls / ref_counted, 3)}
         if blocks:
             row["blocks_run_fraction"] = round(blocks.calls / ref_blocks, 3)
         row.update({"psnr_db": round(sum(psnr) / len(psnr), 2) if name != "no cache" else None,
@@ -222,10 +332,39 @@ def main() -> None:
     table = markdown_table(results, with_blocks=blocks is not None)
     print(table)
     if args.out:
+        stem = family.stem + ("_duel" if args.grid == "duel" else "")
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{family.stem}.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=1))
-        (args.out / f"{family.stem}_table.md").write_text(
+        (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=1))
+        (args.out / f"{stem}_table.md").write_text(
             "\n".join(f"- {k}: {v}" for k, v in meta.items()) + "\n\n" + table + "\n")
+        if args.grid == "duel":
+            plot_duel(results, meta, args.out / f"{stem}.png")
+
+
+def plot_duel(results: list[dict], meta: dict, png: Path) -> None:
+    """PSNR against computed fraction, one curve per method (matplotlib, where installed)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    methods = [m for m in dict.fromkeys(r["method"] for r in results) if m not in ("none", "Spectrum variants")]
+    for method in methods:
+        points = sorted((r["computed_fraction"], r["psnr_db"]) for r in results if r["method"] == method)
+        style = "-o" if "Spectrum" in method or "Target" in method else "--s" if "core" in method else ":^"
+        ax.plot(*zip(*points), style, label=method, markersize=4)
+    ax.set_xlabel("computed fraction (full model passes / steps)")
+    ax.set_ylabel("PSNR vs uncached (dB)")
+    ax.set_title(f"{meta['model'].split('(')[0].strip()}: {meta['cases']}, {meta['sampling']}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    print(f"wrote {png}")
 
 
 def markdown_table(results: list[dict], with_blocks: bool) -> str:

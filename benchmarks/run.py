@@ -378,6 +378,11 @@ for _name, _node_id, _widgets, _note in [
     ("taylorseer_i3o2_attention_mlp", "FastlaneTaylorSeer", {"granularity": "attention_mlp"},
      "TaylorSeer interval 3 order 2, per-block features (memory: 3 derivatives per block feature)"),
     ("target0.3", "FastlaneTargetSpeedCache", {"compute_fraction": 0.3, "order": 2}, "target 0.3 of the steps, order 2, blocks"),
+    ("spectrum0.3", "FastlaneSpectrumCache", {"compute_fraction": 0.3}, "Spectrum 0.3 (node defaults), blocks"),
+    ("spectrum0.3_last_block", "FastlaneSpectrumCache", {"compute_fraction": 0.3, "granularity": "last_block"},
+     "Spectrum 0.3, the last block's hidden state (Spectrum's feature)"),
+    ("spectrum0.3_output", "FastlaneSpectrumCache", {"compute_fraction": 0.3, "granularity": "output"},
+     "Spectrum 0.3 on the whole model output"),
 ]:
     row(_name, families=("flux",), note=_note)(lambda model, _id=_node_id, _w=_widgets: node(_id, model, **_w))
 
@@ -521,6 +526,16 @@ for _name, _families, _heavy, _make, _note in [
      lambda m: _compiled(node("FastlaneTargetSpeedCache", _quantized(m, "fp8_scaled_mm", "auto"),
                               compute_fraction=0.3, order=2, granularity="output")),
      "fp8_scaled_mm (few-row weights fp8), target-speed 0.3 on the model output, Fastlane Compile regional"),
+    ("fast_spectrum0.3_fewfp8", ("flux",), True,
+     lambda m: _compiled(node("FastlaneSpectrumCache", _quantized(m, "fp8_scaled_mm", "auto"), compute_fraction=0.3)),
+     "fp8_scaled_mm (few-row weights fp8), Spectrum 0.3 (blocks), Fastlane Compile regional"),
+    ("fast_spectrum0.2_fewfp8", ("flux",), True,
+     lambda m: _compiled(node("FastlaneSpectrumCache", _quantized(m, "fp8_scaled_mm", "auto"), compute_fraction=0.2)),
+     "fp8_scaled_mm (few-row weights fp8), Spectrum 0.2 (blocks), Fastlane Compile regional"),
+    ("fast_target0.2_fewfp8", ("flux",), True,
+     lambda m: _compiled(node("FastlaneTargetSpeedCache", _quantized(m, "fp8_scaled_mm", "auto"),
+                              compute_fraction=0.2, order=2)),
+     "fp8_scaled_mm (few-row weights fp8), target-speed 0.2 order 2 (blocks), Fastlane Compile regional"),
     ("fast_target0.3_output_fewfp8+cudagraph", ("flux",), True,
      lambda m: node("FastlaneCudaGraph", _compiled(node("FastlaneTargetSpeedCache",
                                                          _quantized(m, "fp8_scaled_mm", "auto"),
@@ -547,6 +562,7 @@ for _name, _node_id, _widgets, _note in [
      "FORA interval 3 on the whole UNet output"),
     ("taylorseer_sdxl", "FastlaneTaylorSeer", {}, "TaylorSeer defaults (interval 3, order 2, 2 warmup) on the deep feature"),
     ("target0.4_sdxl", "FastlaneTargetSpeedCache", {"compute_fraction": 0.4}, "target 0.4 of the steps, deep feature"),
+    ("spectrum0.4_sdxl", "FastlaneSpectrumCache", {"compute_fraction": 0.4}, "Spectrum 0.4 on the deep feature"),
 ]:
     row(_name, families=("sdxl",), note=_note)(lambda model, _id=_node_id, _w=_widgets: node(_id, model, **_w))
 

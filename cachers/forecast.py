@@ -101,10 +101,14 @@ class SpectrumForecaster:
     correction) replaces that point's value, as Taylor does.
     """
 
-    def __init__(self, degree: int, ridge: float, blend: float, domain: tuple[float, float]) -> None:
+    def __init__(self, degree: int, ridge: float, blend: float, domain: tuple[float, float],
+                 half_life: float = 0.0, penalise_level: bool = True) -> None:
         validate_spectrum(degree, ridge, blend)
+        if half_life < 0:
+            raise ValueError(f"Spectrum half-life must be >= 0 (0: every computed step weighs the same), got {half_life}")
         lo, hi = domain
         self.degree, self.ridge, self.blend = degree, ridge, blend
+        self.half_life, self.penalise_level = half_life, penalise_level
         self.center, self.half_width = (lo + hi) / 2.0, ((hi - lo) / 2.0) or 1.0
         self.gram = torch.zeros(degree + 1, degree + 1, dtype=torch.float64)
         self.moments: torch.Tensor | None = None  # Phi^T H: (M + 1, *feature shape), float32
@@ -126,7 +130,13 @@ class SpectrumForecaster:
             dtype = torch.promote_types(value.dtype, torch.float32)
             self.moments = torch.zeros((self.degree + 1, *value.shape), dtype=dtype, device=value.device)
         flat = self.moments.view(self.degree + 1, -1)
-        if self.linear.position == position:  # replace the value of the newest point
+        newest = self.linear.position
+        if self.half_life and newest is not None and position != newest:
+            # older points fade: weight 1/2 per half-life (a fraction of the run) between them and the newest point
+            fade = 0.5 ** (abs(self.tau(position) - self.tau(newest)) / 2.0 / self.half_life)
+            self.gram *= fade
+            self.moments *= fade
+        if newest == position:  # replace the value of the newest point
             flat.addr_(phi.to(flat), (value.to(flat) - self.linear.differences[0].to(flat)).reshape(-1))
         else:
             self.gram += torch.outer(phi, phi)
@@ -140,7 +150,10 @@ class SpectrumForecaster:
         degree = min(self.degree, self.points - 1)
         if self._solved is None or self._solved[0] != self.points:
             gram = self.gram[: degree + 1, : degree + 1]
-            self._solved = (self.points, torch.linalg.inv(gram + self.ridge * torch.eye(degree + 1, dtype=gram.dtype)))
+            penalty = torch.eye(degree + 1, dtype=gram.dtype)
+            if not self.penalise_level:
+                penalty[0, 0] = 0.0  # shrink the series' shape, not its level (ridge pulls the level towards 0)
+            self._solved = (self.points, torch.linalg.inv(gram + self.ridge * penalty))
         return chebyshev(self.tau(position), degree) @ self._solved[1]
 
     def predict(self, position: float) -> torch.Tensor:
@@ -187,6 +200,8 @@ class ForecastSpec:
     ridge: float = 0.1
     blend: float = 0.5
     coordinate: str = "step"
+    half_life: float = 0.0
+    penalise_level: bool = True
 
     def __post_init__(self) -> None:
         if self.kind == "taylor":
@@ -201,7 +216,7 @@ class ForecastSpec:
     def make(self, domain: tuple[float, float]) -> Forecaster:
         if self.kind == "taylor":
             return TaylorForecaster(self.order)
-        return SpectrumForecaster(self.degree, self.ridge, self.blend, domain)
+        return SpectrumForecaster(self.degree, self.ridge, self.blend, domain, self.half_life, self.penalise_level)
 
     def describe(self) -> str:
         if self.kind == "taylor":
