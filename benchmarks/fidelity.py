@@ -182,6 +182,15 @@ def duel_grid(quick: bool, deep: str = "blocks") -> list[tuple]:
                          "Spectrum variants"))
         rows.append((f"Spectrum {f} (defaults, output)", lambda m, f=f: spectrum_node(m, f, "output"),
                      "Spectrum variants"))
+        if deep == "blocks":  # which feature: the same forecasts on FLUX's other granularities
+            for granularity in ("last_block", "output"):
+                for order in (1, 2):
+                    rows.append((f"Target {f} order {order} ({granularity})", lambda m, f=f, o=order, g=granularity:
+                                 NODE["FastlaneTargetSpeedCache"].execute(model=m, compute_fraction=f, order=o,
+                                                                          granularity=g, **ALL).result[0],
+                                 "granularity variants"))
+                rows.append((f"Spectrum {f} growth 0 (even plan) ({granularity})",
+                             lambda m, f=f, g=granularity: spectrum_node(m, f, g, growth=0.0), "granularity variants"))
     return rows
 
 
@@ -352,7 +361,8 @@ def plot_duel(results: list[dict], meta: dict, png: Path) -> None:
         print("matplotlib not installed: no plot")
         return
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    methods = [m for m in dict.fromkeys(r["method"] for r in results) if m not in ("none", "Spectrum variants")]
+    methods = [m for m in dict.fromkeys(r["method"] for r in results)
+               if m not in ("none", "Spectrum variants", "granularity variants")]
     for method in methods:
         points = sorted((r["computed_fraction"], r["psnr_db"]) for r in results if r["method"] == method)
         style = "-o" if "Spectrum" in method or "Target" in method else "--s" if "core" in method else ":^"
