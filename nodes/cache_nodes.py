@@ -29,7 +29,12 @@ def _common_inputs() -> list:
     ]
 
 
-def _model_input(families: str = "A FLUX or SDXL model") -> io.Model.Input:
+MODEL_TIP = ("Any diffusion model. Block-level caching (blocks, last_block): FLUX and FLUX.2, Qwen-Image, Wan 2.1/2.2, "
+             "Chroma, HunyuanVideo; DeepCache (deep): SDXL and SD1.x/2.x UNets; every other model (Z-Image / Lumina 2, "
+             "SD3, HiDream, Wan VACE, ...): output only")
+
+
+def _model_input(families: str = MODEL_TIP) -> io.Model.Input:
     return io.Model.Input("model", tooltip=f"{families} (from Load Diffusion Model, a checkpoint loader, or LoRA).")
 
 
@@ -58,7 +63,7 @@ class FastlaneFORA(io.ComfyNode):
             node_id="FastlaneFORA",
             display_name="Fastlane FORA Cache",
             category=CATEGORY,
-            description="FORA: run the model (FLUX transformer, SDXL UNet) every `interval` steps and reuse its "
+            description="FORA: run the diffusion model every `interval` steps and reuse its "
                         "result in between. interval 2 halves the model passes. interval 1 is exactly the uncached "
                         "model.",
             inputs=[
@@ -81,7 +86,7 @@ class FastlaneTaylorSeer(io.ComfyNode):
             node_id="FastlaneTaylorSeer",
             display_name="Fastlane TaylorSeer Cache",
             category=CATEGORY,
-            description="TaylorSeer: run the model (FLUX transformer, SDXL UNet) every `interval` steps and, in "
+            description="TaylorSeer: run the diffusion model every `interval` steps and, in "
                         "between, forecast its result from a Taylor expansion of the computed steps (order 0 = "
                         "FORA's plain reuse).",
             inputs=[
@@ -177,7 +182,7 @@ class FastlaneDeepCache(io.ComfyNode):
                         "step costs what it did). interval 1 is exactly the uncached model. FLUX has no UNet: use "
                         "FORA or TaylorSeer there.",
             inputs=[
-                _model_input("An SDXL model (base or refiner)"),
+                _model_input("An SDXL (base or refiner) or SD1.x/2.x UNet model"),
                 io.Int.Input("interval", default=5, min=1, max=10,
                              tooltip="Run the whole UNet every N-th step; the shallow blocks only in between "
                                      "(3: closer to the uncached model, 5: faster)."),

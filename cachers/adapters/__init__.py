@@ -2,25 +2,35 @@
 
 Every adapter has ``family``, ``granularities`` (what a cached step may reuse) and ``default_granularity`` (what the
 nodes' ``auto`` picks), ``supports(diffusion_model)``, ``features(granularity)``, ``check_call``, ``install``, and
-optionally ``run_call`` (see comfy_hooks).
+optionally ``run_call`` (see comfy_hooks) and ``for_model(model)`` (a copy of the adapter for that ModelPatcher,
+naming its family: the DiT and generic adapters each cover several).
+
+Order matters: FLUX (and FLUX.2, the same ``Flux`` class) and SDXL (every non-temporal ``UNetModel``, SD1.x/2.x
+included) first, then the DiT block-stack families (Qwen-Image, Wan, Chroma, HunyuanVideo), then the generic
+``output``-only fallback, which claims any other diffusion model.
 """
 from __future__ import annotations
 
+import torch
+
+from .dit import DiTAdapter
 from .flux import FluxAdapter
+from .generic import GenericAdapter
 from .sdxl import SDXLAdapter
 
-ADAPTERS = [FluxAdapter(), SDXLAdapter()]
+ADAPTERS = [FluxAdapter(), SDXLAdapter(), DiTAdapter(), GenericAdapter()]
 
 
 def adapter_for(model):
-    """The adapter for a ModelPatcher's diffusion model, or a ValueError naming the families supported."""
-    diffusion_model = model.model.diffusion_model
-    for adapter in ADAPTERS:
-        if adapter.supports(diffusion_model):
-            return adapter
-    families = ", ".join(a.family for a in ADAPTERS)
-    raise ValueError(f"Fastlane caching supports {families} models; this MODEL is "
-                     f"{type(model.model).__name__} ({type(diffusion_model).__name__}).")
+    """The adapter for a ModelPatcher's diffusion model (the generic ``output`` one when no other claims it), or a
+    ValueError when ``model`` is not a diffusion MODEL at all (a VAE, a CLIP, ...)."""
+    diffusion_model = getattr(getattr(model, "model", None), "diffusion_model", None)
+    if not isinstance(diffusion_model, torch.nn.Module):
+        raise ValueError(f"Fastlane caching expects a MODEL from a diffusion-model loader (Load Diffusion Model, a "
+                         f"checkpoint loader, LoRA), got {type(model).__name__}.")
+    adapter = next(a for a in ADAPTERS if a.supports(diffusion_model))
+    for_model = getattr(adapter, "for_model", None)
+    return adapter if for_model is None else for_model(model)
 
 
 def default_granularity(adapter) -> str:
