@@ -12,11 +12,13 @@ from ..cachers.policies import AdaptivePolicy, IntervalPolicy, TargetSpeedPolicy
 from ..cachers.session import StepCache
 
 CATEGORY = "fastlane/cache"
-GRANULARITY_TIP = ("What a cached step reuses. auto: the model family's best (FLUX: blocks, SDXL: deep). "
-                   "FLUX: blocks: skip every transformer block and forecast their summed residual (embeddings and "
-                   "final layer still run, so the timestep modulation stays exact). SDXL: deep: DeepCache, run only "
-                   "the shallowest UNet blocks and forecast the deep feature entering them. Any model: output: "
-                   "forecast the whole model output (cheapest; works with ControlNet).")
+GRANULARITY_TIP = ("What a cached step reuses. auto: the model family's best (FLUX, Qwen-Image, Wan, Chroma, "
+                   "HunyuanVideo: blocks; SDXL/SD1.5: deep; any other model: output). blocks: skip every transformer "
+                   "block and forecast their summed residual (embeddings and final layer still run, so the timestep "
+                   "modulation stays exact). last_block: forecast the hidden state leaving the last block (Spectrum's "
+                   "feature). deep (UNets): DeepCache, run only the shallowest blocks and forecast the deep feature "
+                   "entering them. output: forecast the whole model output (any model; the least precise; works "
+                   "with ControlNet).")
 
 
 def _common_inputs() -> list:
