@@ -3,5 +3,7 @@
 be measured on models whose denoising trajectories are trained (see ``scripts/train_demo.py``).
 
 Modules: :mod:`.data` (the training images), :mod:`.codec` (image <-> latent), :mod:`.model` (the FLUX model +
-conditioning), :mod:`.sdxl` (the SDXL model + conditioning), :mod:`.weights_file` (the weights-file layout both share).
+conditioning), :mod:`.sdxl` (the SDXL model + conditioning), :mod:`.weights_file` (the weights-file layout both share),
+:mod:`.scenes` (procedural scenes with compositional prompts) and :mod:`.proxy` (the larger FLUX-class proxy model
+trained on them, on which step-caching defaults are chosen).
 """

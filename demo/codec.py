@@ -59,10 +59,12 @@ class PatchCodec:
     def channels(self) -> int:
         return self.basis.shape[1]
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """ComfyUI IMAGE (B, H, W, 3+, 0..1) -> raw latent (B, C, H/8, W/8), as a VAE's ``encode`` returns it."""
-        x = _patches(images.float().cpu())
-        z = ((x - self.mean) @ self.basis) / self.scale
+    def encode(self, images: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+        """ComfyUI IMAGE (B, H, W, 3+, 0..1) -> raw latent (B, C, H/8, W/8), as a VAE's ``encode`` returns it: on the
+        CPU, or on ``device`` if given (the proxy's training encodes its scene bank where it trains)."""
+        x = _patches(images.float().to(device or "cpu"))
+        mean, basis, scale = (t.to(x.device) for t in (self.mean, self.basis, self.scale))
+        z = ((x - mean) @ basis) / scale
         raw = latent_format(self.latent_format).process_out(z)
         return raw.permute(0, 3, 1, 2).contiguous()
 
