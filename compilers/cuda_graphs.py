@@ -35,6 +35,7 @@ from .engine import RunNotes
 KEY = "fastlane_cuda_graph"
 MAX_GRAPHS = 16  # per model; more signatures than this (many sizes in one session) start over
 SAFE_PATCH_FLAG = "fastlane_whole_compile_safe"  # a patch that only hands a tensor out (DeepCache's capture)
+RECORDED_FAMILIES = ("FLUX", "UNet (SDXL/SD1.x)")  # the regional-compile families whose replays were checked on a GPU
 log = logging.getLogger("fastlane")
 
 
@@ -310,7 +311,8 @@ def attach(model, record: Callable | None = None):
     from . import engine
 
     dm = model.get_model_object("diffusion_model")
-    if regions.family_of(dm) is None or not hasattr(type(dm), "_forward"):
+    family = regions.family_of(dm)
+    if family is None or family.name not in RECORDED_FAMILIES or not hasattr(type(dm), "_forward"):
         raise ValueError(f"Fastlane CUDA Graph knows FLUX and SDXL/SD1.x UNets; this MODEL is {type(dm).__name__}")
     compiler = engine.compiler_of(model)
     if compiler is not None:

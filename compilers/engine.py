@@ -172,6 +172,8 @@ class Compiler:
         def forward(*args, **kwargs):
             if kind.options is not None and "transformer_options" in kwargs:
                 kwargs["transformer_options"] = kind.options(kwargs["transformer_options"])
+            if kind.layout is not None:
+                args, kwargs = kind.layout(args, kwargs)
             if marks:
                 for tensor, dim in kind.text_dims(args, kwargs):
                     torch._dynamo.maybe_mark_dynamic(tensor, dim)
@@ -353,8 +355,9 @@ def attach(model, spec: CompileSpec):
     dm = model.get_model_object("diffusion_model")
     family = regions.family_of(dm)
     if spec.scope == "regional" and family is None:
-        raise ValueError(f"regional compile knows the blocks of {', '.join(f.name for f in regions.families())}; "
-                         f"this MODEL is {type(dm).__name__}: use scope 'whole'")
+        raise ValueError(f"Fastlane Compile 'regional' knows the blocks of "
+                         f"{', '.join(f.name for f in regions.families())}; this MODEL is {type(dm).__name__}, "
+                         "whose blocks it does not know: use scope 'whole' (compiles any model)")
     from . import cuda_graphs
 
     if cuda_graphs.recorder_of(model) is not None:

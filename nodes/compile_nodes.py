@@ -16,15 +16,19 @@ class FastlaneCompile(io.ComfyNode):
             display_name="Fastlane Compile",
             category=CATEGORY,
             description="torch.compile the diffusion model. 'regional' compiles each repeated block once and reuses "
-                        "it for all blocks of its kind (FLUX: 2 graphs for 57 blocks): a far shorter cold start "
-                        "than 'whole', about the same speed. Works before or after Fastlane caches, LoRA and "
+                        "it for all blocks of its kind (FLUX: 2 graphs for 57 blocks; Qwen-Image and Wan: 1; "
+                        "Z-Image: 2): a far shorter cold start than 'whole', about the same speed. Regional knows "
+                        "FLUX.1/FLUX.2, SDXL/SD1.x, Qwen-Image, Wan 2.1/2.2, Z-Image/Lumina2, HunyuanVideo and "
+                        "Chroma; 'whole' takes any model. Works before or after Fastlane caches, LoRA and "
                         "quantization; the first run compiles (logged, with its seconds), later runs reuse it. "
                         "A new prompt never recompiles; a new resolution or batch compiles once.",
             inputs=[
-                io.Model.Input("model", tooltip="The MODEL to compile (FLUX or SDXL; 'whole' takes any model)."),
+                io.Model.Input("model", tooltip="The MODEL to compile (regional: FLUX, SDXL/SD1.x, Qwen-Image, "
+                                                "Wan, Z-Image/Lumina2, HunyuanVideo, Chroma; 'whole': any model)."),
                 io.Combo.Input("scope", options=list(engine.SCOPES), default="regional",
                                tooltip="regional: compile each transformer block kind once and reuse it (fast cold "
-                                       "start; block caches and lowvram work block by block). whole: one graph for "
+                                       "start; block caches and lowvram work block by block; a model family "
+                                       "without known blocks is refused here: use whole). whole: one graph for "
                                        "the whole model (slower cold start; falls back to regional while block "
                                        "patches or partial loading are present)."),
                 io.Combo.Input("backend", options=list(engine.BACKENDS), default="inductor",
@@ -46,7 +50,7 @@ class FastlaneCompile(io.ComfyNode):
                                        "false: everything static (a new text length recompiles too)."),
                 io.Boolean.Input("fullgraph", default=False,
                                  tooltip="Fail on a graph break instead of splitting the graph (a check: the "
-                                         "regional blocks of FLUX and SDXL compile without breaks)."),
+                                         "regional blocks of every family above compile without breaks)."),
                 io.String.Input("cache_dir", default="", optional=True,
                                 tooltip="Folder for inductor's on-disk caches (FX graphs, kernels, autotuning), so "
                                         "a restarted ComfyUI skips most of the compile. Empty: torch's default "

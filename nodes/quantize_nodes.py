@@ -21,11 +21,13 @@ class FastlaneQuantize(io.ComfyNode):
                         "when VRAM holds them (a compare graph switches at no cost). Put LoRA loaders before "
                         "this node (their LoRA is baked in first); follow it with Fastlane Compile for speed - "
                         "without compiling, the dynamic schemes are usually slower than 16-bit. Linears that run "
-                        "on one row per image (modulation, embedders) never get their inputs quantized; with an fp8 "
-                        "scheme on FLUX their weights are stored in fp8 too (few_row_linears: auto), which saves "
-                        "3 GiB at no measured cost.",
+                        "on one row per image (modulation, embedders: FLUX, Qwen-Image, Wan, Z-Image/Lumina2, "
+                        "HunyuanVideo, Chroma, SDXL each have their list) never get their inputs quantized; with an "
+                        "fp8 scheme on FLUX and Qwen-Image their weights are stored in fp8 too (few_row_linears: "
+                        "auto), which saves 3 GiB on FLUX, 6.8 GB on Qwen-Image, at no measured cost (FLUX).",
             inputs=[
-                io.Model.Input("model", tooltip="The MODEL to quantize (FLUX, SDXL, or any model with Linears)."),
+                io.Model.Input("model", tooltip="The MODEL to quantize (FLUX, SDXL, Qwen-Image, Wan, Z-Image, "
+                                                "HunyuanVideo, Chroma, or any model with Linears)."),
                 io.Combo.Input("scheme", options=list(schemes.SCHEMES), default="int8_weight_only",
                                tooltip="; ".join(f"{s.name}: {s.description}" for s in schemes.SCHEMES.values())),
                 io.Combo.Input("filter", options=list(filters.PRESETS), default="none",
@@ -43,8 +45,8 @@ class FastlaneQuantize(io.ComfyNode):
                                        "their inputs stay 16-bit): FLUX.1-dev with fp8_scaled_mm needs 11.1 instead "
                                        "of 14.1 GiB at the same speed (H200, compiled and eager); NVIDIA compute "
                                        "capability 8.9+. 16-bit: untouched. auto: fp8 weights with the fp8 schemes "
-                                       "where these Linears hold 10%+ of the weights (FLUX: 28%; SDXL: 1%, kept "
-                                       "16-bit), else 16-bit."),
+                                       "where these Linears hold 10%+ of the weights (FLUX: 28%, Qwen-Image: 33%; "
+                                       "SDXL 1%, Wan 1.3%, Z-Image 2%: kept 16-bit), else 16-bit."),
             ],
             outputs=[
                 io.Model.Output(tooltip="The quantized model (the input MODEL is unchanged)."),

@@ -4,18 +4,42 @@ Never given to the scheme, whatever the preset: Linears that run on a handful of
 timestep/guidance/pooled-text embedders and every modulation/adaLN projection of ``vec``). They hold little compute,
 and the activation-quantized kernels fail or crawl on so few rows (int8 ``_int_mm`` needs more than 16).
 
+Per family, the Linears that stay 16-bit (``FEW_ROWS``; names inside ``diffusion_model``, ``N`` a block index):
+
+==============  ========================================================================================
+family          few-row Linears (16-bit; fp8 *weights* only with ``few_rows="fp8 weights"``)
+==============  ========================================================================================
+FLUX.1          ``time_in.*``, ``vector_in.*``, ``guidance_in.*``, ``double_blocks.N.{img,txt}_mod.lin``,
+                ``single_blocks.N.modulation.lin``, ``final_layer.adaLN_modulation.1``
+FLUX.2          ``time_in.*``, ``guidance_in.*``, ``double_stream_modulation_{img,txt}.lin``,
+                ``single_stream_modulation.lin``, ``final_layer.adaLN_modulation.1``
+SDXL / SD1.x    ``time_embed.*``, ``label_emb.*``, ``*.emb_layers.1``
+Qwen-Image      ``time_text_embed.timestep_embedder.linear_{1,2}``, ``transformer_blocks.N.{img,txt}_mod.1``,
+                ``norm_out.linear``
+Wan 2.1 / 2.2   ``time_embedding.{0,2}``, ``time_projection.1`` (each block's ``modulation`` is a Parameter
+                added to it, not a Linear: never quantized)
+Lumina2 /       ``t_embedder.mlp.{0,2}``, ``{layers,noise_refiner}.N.adaLN_modulation.*``,
+Z-Image         ``final_layer.adaLN_modulation.1`` (the context refiner has no modulation)
+HunyuanVideo    FLUX's names, plus ``txt_in.t_embedder.*``, ``txt_in.c_embedder.*`` (pooled text),
+                ``txt_in.individual_token_refiner.blocks.N.adaLN_modulation.1``, ``time_r_in.*`` (1.5)
+Chroma          ``distilled_guidance_layer.*`` (the approximator: 344 rows per image, but it makes every
+                block's scale, shift and gate); its blocks have no modulation Linears
+SD3 / HiDream   ``t_embedder.*``, ``y_embedder.*`` / ``p_embedder.*``, ``*.adaLN_modulation.*``
+==============  ========================================================================================
+
 Presets on top of that:
 - ``none``: quantize every other Linear;
 - ``norm+embedding``: also keep Linears named like a norm or an embedding, and the model's entry and exit
-  projections (FLUX ``img_in``/``txt_in``/``final_layer``); the usual "sensitive layers" recipe;
+  projections (FLUX ``img_in``/``txt_in``/``final_layer``, Qwen-Image ``proj_out``, Wan ``head.head``); the usual
+  "sensitive layers" recipe;
 - ``regex``: also keep every Linear whose qualified name (inside the diffusion model) matches the regex.
 
 The few-row Linears can instead have their *weights* stored in fp8 (``few_rows="fp8 weights"``; activations stay
 16-bit, so no activation-quantized kernel ever runs on them): a memory saving at no measured cost, see
 ``fp8_weight_only.py``. ``auto`` does that with the fp8 schemes (the GPU has fp8 then, and the user chose fp8
-rounding of the weights) where those Linears hold a real share of the weights (FLUX.1-dev: 28%; SDXL: 1%, not worth
-an extra kernel per call), and keeps them 16-bit otherwise, as with the int8 schemes (which also serve GPUs without
-fp8).
+rounding of the weights) where those Linears hold a real share of the weights (FLUX.1-dev: 28%, Qwen-Image: 33%;
+SDXL: 1%, Wan 2.2 14B and 5B: 1.3%, Z-Image: 2%, not worth an extra kernel per call), and keeps them 16-bit
+otherwise, as with the int8 schemes (which also serve GPUs without fp8).
 """
 from __future__ import annotations
 
@@ -31,14 +55,18 @@ AUTO_FP8_MIN_SHARE = 0.1  # auto: fp8 few-row weights only where they are at lea
 
 # Names (inside diffusion_model) of Linears that see one row per image, by family, plus generic spellings.
 FEW_ROWS = re.compile("|".join([
-    r"(^|\.)(img_mod|txt_mod|modulation)\.lin$",                 # FLUX blocks: Modulation.lin on vec
-    r"^(double_stream_modulation_img|double_stream_modulation_txt|single_stream_modulation)\.lin$",  # global mod.
-    r"^(time_in|vector_in|guidance_in)\.",                        # FLUX embedders of t, pooled text, guidance
+    r"(^|\.)(img_mod|txt_mod|modulation)\.lin$",                 # FLUX/HunyuanVideo blocks: Modulation.lin on vec
+    r"^(double_stream_modulation_img|double_stream_modulation_txt|single_stream_modulation)\.lin$",  # FLUX.2 global
+    r"^(time_in|vector_in|guidance_in|time_r_in)\.",              # FLUX/Hunyuan embedders of t, pooled text, guidance
     r"^final_layer\.adaLN_modulation\.",                          # FLUX final layer's adaLN
     r"^time_embed\.", r"^label_emb\.", r"\.emb_layers\.",         # UNet: timestep / ADM embedders, ResBlock emb
-    r"(^|\.)(adaLN_modulation|t_embedder|y_embedder|time_text_embed|time_embedding)(\.|$)",  # DiT-style names
+    r"(^|\.)(adaLN_modulation|t_embedder|y_embedder|p_embedder|time_text_embed|time_embedding)(\.|$)",  # DiT names
+    r"^transformer_blocks\.\d+\.(img_mod|txt_mod)\.1$", r"^norm_out\.linear$",  # Qwen-Image: block and final mod
+    r"^time_projection\.",                                        # Wan: the six per-block modulations of t
+    r"^txt_in\.c_embedder\.",                                     # HunyuanVideo: pooled text of the token refiner
+    r"^distilled_guidance_layer\.",                               # Chroma: makes every block's modulation (344 rows)
 ]))
-NORM_OR_EMBEDDING = re.compile(r"norm|emb|(^|\.)(img_in|txt_in|final_layer)(\.|$)")
+NORM_OR_EMBEDDING = re.compile(r"norm|emb|(^|\.)(img_in|txt_in|final_layer|proj_out|head)(\.|$)")
 
 
 @dataclass

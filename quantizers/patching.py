@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -84,12 +85,18 @@ def _original(model, key: str, live: torch.Tensor) -> torch.Tensor:
     return backup.weight if backup is not None else live
 
 
-def _patched(model, key: str, weight: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def _patched(model, key: str, weight: torch.Tensor, dtype: torch.dtype, device: torch.device,
+             convert: Callable | None = None) -> torch.Tensor:
+    """The weight the model computes with, LoRA patches included, in ``dtype``. ``convert``: the module's
+    ``convert_weight`` where ComfyUI stores the weight scaled (its scaled-fp8 Linears of ``*_fp8_scaled`` checkpoints:
+    fp8 weight x ``scale_weight``), applied first as ComfyUI's own patching does."""
     import comfy.float
     import comfy.lora
     import comfy.model_patcher
 
     w = weight.to(device=device, dtype=torch.float32, copy=True)
+    if convert is not None:
+        w = convert(w, inplace=True)
     patches = model.patches.get(key)
     if not patches:
         return w.to(dtype)
@@ -143,7 +150,8 @@ def quantize(model, scheme_name: str, preset: str = "none", regex: str = "", few
             weight = _original(model, key, live)
             linear_before += tensor_bytes(weight)
             baked += key in model.patches
-            tensors[param] = _patched(model, key, weight, dtype, work_device)
+            tensors[param] = _patched(model, key, weight, dtype, work_device,
+                                      getattr(original, f"convert_{param}", None))
             source.patches.pop(key, None)  # baked into the copy: ComfyUI must not apply it again
         if name in targets:
             q = _build(scheme, original, tensors["weight"], tensors.get("bias"))

@@ -6,7 +6,8 @@ Each thumbnail is a picture of the graph itself, drawn by ComfyUI's real fronten
 Playwright, as in tests/test_browser.py) against a private server with the pack: the part that makes the workflow
 what it is (the Fastlane nodes and the samplers; the loaders for a baseline) fitted into a square.
 
-    python scripts/make_thumbnails.py            # (re)write workflows/*.jpg
+    python scripts/make_thumbnails.py                             # (re)write workflows/*.jpg
+    python scripts/make_thumbnails.py fastlane-wan22-fastest ...  # only these
 """
 from __future__ import annotations
 
@@ -25,14 +26,21 @@ BOX = (420, 130, 720, 720)  # page pixels of the 1600x1000 view: a square (the b
 
 def featured(nodes: list[dict]) -> list[int]:
     """The ids to frame: Fastlane nodes and samplers, or every non-note node of a graph without Fastlane nodes."""
-    ids = [n["id"] for n in nodes if n["type"].startswith("Fastlane") or n["type"] == "KSampler"]
+    samplers = ("KSampler", "KSamplerAdvanced")
+    ids = [n["id"] for n in nodes if n["type"].startswith("Fastlane") or n["type"] in samplers]
     if not any(n["type"].startswith("Fastlane") for n in nodes):
         ids = [n["id"] for n in nodes if n["type"] not in ("MarkdownNote", "Note")]
     return ids
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     names = sorted(p.stem for p in (PACK_DIR / "workflows").glob("*.json"))
+    wanted = sys.argv[1:] if argv is None else argv
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        print(f"no such workflow: {', '.join(unknown)}")
+        return 2
+    names = [n for n in names if not wanted or n in wanted]
     with tempfile.TemporaryDirectory(prefix="fastlane-thumbs-") as tmp, ComfyServer(tmp) as server, \
             browser_page(server.url) as ui:
         settings = {"LiteGraph.Canvas.MinFontSizeForLOD": 1,  # node text at any zoom, not boxes

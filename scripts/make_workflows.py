@@ -243,20 +243,23 @@ def sdxl_fastest() -> Workflow:
     return _sdxl_recorded(5, "fastest", "its defaults: the deep UNet on every fifth step")
 
 
-def _compare(accelerated: Workflow, name: str, title: str, note: str) -> Workflow:
+def _compare(accelerated: Workflow, name: str, title: str, note: str,
+             base_model: tuple[Node, int] | None = None, base_y: float = 900) -> Workflow:
     """``accelerated`` and its plain twin (same loaders, prompt and seed) as two branches, each through a Fastlane
-    Benchmark node before its KSampler, compared by a Fastlane Benchmark Report."""
+    Benchmark node before its KSampler, compared by a Fastlane Benchmark Report. ``base_model``: where the plain
+    branch takes its MODEL (default: the loader; a family's sampling-shift node where it has one); ``base_y``: the
+    height of the plain branch on the canvas."""
     by_id = {n.id: n for n in accelerated.nodes}
     fast_sampler, fast_decode = by_id[20], by_id[21]
     shared = [n for n in accelerated.nodes if n.id < 20 and n.type != "MarkdownNote"]
-    loader_out = next(n for n in shared if n.type in ("UNETLoader", "CheckpointLoaderSimple")).out(0)
+    loader_out = base_model or next(n for n in shared if n.type in ("UNETLoader", "CheckpointLoaderSimple")).out(0)
     bench_fast = Node(30, "FastlaneBenchmark", (1140, 40), links={"model": fast_sampler.links["model"]},
                       widgets={"label": "fastlane"})
-    bench_base = Node(31, "FastlaneBenchmark", (1140, 900), links={"model": loader_out}, widgets={"label": "baseline"})
+    bench_base = Node(31, "FastlaneBenchmark", (1140, base_y), links={"model": loader_out}, widgets={"label": "baseline"})
     fast_sampler.links["model"] = bench_fast.out()
-    base_sampler = Node(32, "KSampler", (1500, 900), title="KSampler (baseline)",
+    base_sampler = Node(32, "KSampler", (1500, base_y), title="KSampler (baseline)",
                         links={**fast_sampler.links, "model": bench_base.out()}, widgets=dict(fast_sampler.widgets))
-    base_decode = Node(33, "VAEDecode", (1860, 900), links={"samples": base_sampler.out(),
+    base_decode = Node(33, "VAEDecode", (1860, base_y), links={"samples": base_sampler.out(),
                                                             "vae": fast_decode.links["vae"]})
     fast_sampler.title = "KSampler (Fastlane)"
     report = Node(34, "FastlaneBenchmarkReport", (1860, 560), size=(280, 140),
@@ -265,7 +268,7 @@ def _compare(accelerated: Workflow, name: str, title: str, note: str) -> Workflo
     show = Node(35, "PreviewAny", (2540, 40), size=(560, 420), title="Benchmark report", links={"source": report.out(0)})
     save_fast = Node(22, "SaveImage", (2100, 40), size=(400, 440), links={"images": fast_decode.out()},
                      widgets={"filename_prefix": f"fastlane/{name}_fastlane"})
-    save_base = Node(36, "SaveImage", (2100, 900), size=(400, 440), links={"images": base_decode.out()},
+    save_base = Node(36, "SaveImage", (2100, base_y), size=(400, 440), links={"images": base_decode.out()},
                      widgets={"filename_prefix": f"fastlane/{name}_baseline"})
     save_plot = Node(37, "SaveImage", (2540, 500), size=(560, 380), title="Save benchmark plot",
                      links={"images": report.out(1)}, widgets={"filename_prefix": f"fastlane/{name}_plot"})
@@ -294,8 +297,238 @@ def sdxl_compare() -> Workflow:
                     f"{SDXL_FILES_TEXT}")
 
 
+# -- Qwen-Image, Z-Image and Wan 2.2 14B with ComfyUI's standard loaders (file names as ComfyUI's own templates) -----
+QUANTIZE = {"scheme": "fp8_scaled_mm", "filter": "none", "regex": ""}
+UNMEASURED = ("Speed: not measured on a GPU for this family yet (Fastlane's figures are FLUX and SDXL); the "
+              "`-compare` workflow measures it on yours, with the image's PSNR/SSIM against the plain model.")
+
+
+def _files_text(*files: tuple[str, str]) -> str:
+    """``(folder, file)`` pairs as the notes list them."""
+    return "Model files (ComfyUI's folders): " + ", ".join(f"`models/{d}/{f}`" for d, f in files) + "."
+
+
+def _fastest_chain(fraction: float) -> Callable:
+    """Quantize fp8_scaled_mm → Spectrum Cache (its defaults but ``compute_fraction``) → Compile regional."""
+    return _chain(("FastlaneQuantize", QUANTIZE), ("FastlaneSpectrumCache", {"compute_fraction": fraction}),
+                  ("FastlaneCompile", COMPILE))
+
+
+@dataclass(frozen=True)
+class ImageFamily:
+    """A text-to-image DiT as ComfyUI's own template loads and samples it."""
+
+    key: str  # fastlane-<key>-fastest / -compare
+    title: str
+    unet: str
+    clip: str
+    clip_type: str  # CLIPLoader's type
+    vae: str
+    shift: float  # ModelSamplingAuraFlow
+    size: int
+    sampler: dict  # KSampler widgets
+    negative: str | None  # None: ConditioningZeroOut of the prompt (a distilled model at CFG 1)
+    fraction: float  # Spectrum compute_fraction
+    about: str
+
+    def files_text(self) -> str:
+        return _files_text(("diffusion_models", self.unet), ("text_encoders", self.clip), ("vae", self.vae))
+
+
+QWEN_IMAGE = ImageFamily(
+    "qwen-image", "Qwen-Image", "qwen_image_fp8_e4m3fn.safetensors", "qwen_2.5_vl_7b_fp8_scaled.safetensors",
+    "qwen_image", "qwen_image_vae.safetensors", 3.5, 1328,
+    dict(seed=42, steps=20, cfg=4.0, sampler_name="euler", scheduler="simple", denoise=1.0),
+    "low quality, blurry, bad anatomy, extra digits, missing limbs", 0.35,
+    "1328², 20 steps, CFG 4, shift 3.5, as ComfyUI's Qwen-Image template. Quantize's few_row_linears `auto` stores "
+    "the modulation weights (`img_mod`/`txt_mod`: a third of Qwen-Image's 20 B parameters) in fp8 too; their "
+    "inputs stay 16-bit. Spectrum 0.35: the model runs on 7 of 20 steps. Compile regional: one block graph.")
+Z_IMAGE = ImageFamily(
+    "z-image", "Z-Image Turbo", "z_image_turbo_bf16.safetensors", "qwen_3_4b.safetensors", "lumina2",
+    "ae.safetensors", 3.0, 1024,
+    dict(seed=42, steps=8, cfg=1.0, sampler_name="res_multistep", scheduler="simple", denoise=1.0),
+    None, 0.4,
+    "1024², 8 steps of res_multistep at CFG 1, shift 3, as ComfyUI's Z-Image Turbo template. Spectrum 0.4: the "
+    "model runs on 3 of the 8 steps (the turbo model leaves few steps to skip: check the image in the compare "
+    "workflow). Compile regional: two block graphs (refiner and main blocks); the modulation Linears stay 16-bit.")
+
+
+def _image_family(family: ImageFamily, accelerate: Callable, title: str, note: str, name: str) -> Workflow:
+    loader = Node(2, "UNETLoader", (0, 40), widgets={"unet_name": family.unet, "weight_dtype": "default"})
+    clip = Node(3, "CLIPLoader", (0, 200), widgets={"clip_name": family.clip, "type": family.clip_type})
+    vae = Node(4, "VAELoader", (0, 380), widgets={"vae_name": family.vae})
+    text = Node(5, "CLIPTextEncode", (360, 200), size=(400, 160), links={"clip": clip.out()}, widgets={"text": PROMPT})
+    if family.negative is None:
+        negative = Node(6, "ConditioningZeroOut", (800, 320), links={"conditioning": text.out()})
+    else:
+        negative = Node(6, "CLIPTextEncode", (360, 400), size=(400, 120), links={"clip": clip.out()},
+                        widgets={"text": family.negative})
+    latent = Node(7, "EmptySD3LatentImage", (800, 420),
+                  widgets={"width": family.size, "height": family.size, "batch_size": 1})
+    shift = Node(8, "ModelSamplingAuraFlow", (360, 40), links={"model": loader.out()}, widgets={"shift": family.shift})
+    extra, model = accelerate(shift.out())
+    sampler = Node(20, "KSampler", (1500, 40), links={"model": model, "positive": text.out(),
+                                                       "negative": negative.out(), "latent_image": latent.out()},
+                   widgets=dict(family.sampler))
+    decode = Node(21, "VAEDecode", (1860, 40), links={"samples": sampler.out(), "vae": vae.out()})
+    save = Node(22, "SaveImage", (2100, 40), size=(400, 440), links={"images": decode.out()},
+                widgets={"filename_prefix": f"fastlane/{name}"})
+    return Workflow(name, [_note(title, note), loader, clip, vae, text, negative, latent, shift, *extra, sampler,
+                           decode, save])
+
+
+def _image_fastest(family: ImageFamily) -> Workflow:
+    return _image_family(family, _fastest_chain(family.fraction), f"{family.title} fastest",
+                         f"## {family.title}, fastest\n\n**Quantize fp8_scaled_mm** (an Ada, Hopper or Blackwell "
+                         f"GPU) → **Spectrum Cache {family.fraction}** → **Compile** regional (compiled on the first "
+                         f"run; queue again for the warm speed).\n\n{family.about}\n\n{family.files_text()}\n\n"
+                         f"{UNMEASURED}", f"fastlane-{family.key}-fastest")
+
+
+def _image_compare(family: ImageFamily) -> Workflow:
+    fastest = _image_fastest(family)
+    shift = next(n for n in fastest.nodes if n.type == "ModelSamplingAuraFlow")
+    return _compare(fastest, f"fastlane-{family.key}-compare", f"{family.title}: fastest vs baseline",
+                    f"## {family.title}: Fastlane fastest vs baseline\n\n{COMPARE_NOTE}\n\n{family.files_text()}",
+                    base_model=shift.out(), base_y=1100)
+
+
+def qwen_image_fastest() -> Workflow:
+    return _image_fastest(QWEN_IMAGE)
+
+
+def qwen_image_compare() -> Workflow:
+    return _image_compare(QWEN_IMAGE)
+
+
+def z_image_fastest() -> Workflow:
+    return _image_fastest(Z_IMAGE)
+
+
+def z_image_compare() -> Workflow:
+    return _image_compare(Z_IMAGE)
+
+
+WAN22_FILES = ("wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors",
+               "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan_2.1_vae.safetensors")
+WAN22_PROMPT = "a red fox trotting through fresh snow at dawn, the camera tracking alongside, soft golden light"
+WAN22_NEGATIVE = "blurry, low quality, static, overexposed, subtitles, watermark, deformed limbs, cluttered background"
+WAN22_STEPS, WAN22_SWITCH, WAN22_FRACTION = 20, 10, 0.35
+WAN22_FILES_TEXT = _files_text(("diffusion_models", WAN22_FILES[0]), ("diffusion_models", WAN22_FILES[1]),
+                               ("text_encoders", WAN22_FILES[2]), ("vae", WAN22_FILES[3]))
+WAN22_ABOUT = (f"Wan 2.2 14B text-to-video, 832×480, 81 frames: the high-noise expert samples steps 0-{WAN22_SWITCH} "
+               f"and the low-noise expert steps {WAN22_SWITCH}-{WAN22_STEPS} of {WAN22_STEPS} (two KSamplerAdvanced "
+               "stages, CFG 3.5, shift 8, as ComfyUI's Wan 2.2 template). Each expert has its own Quantize, "
+               f"Spectrum Cache and Compile: each cache plans over its own stage (Spectrum {WAN22_FRACTION}: 4 of "
+               "its 10 steps computed) and starts clean at each run. The loaders read the fp8_scaled files at "
+               "weight_dtype `default`; ComfyUI moves the experts in and out of VRAM as the stages need them.")
+
+
+def _wan22(compare: bool) -> Workflow:
+    """Wan 2.2 14B T2V: two experts, each Quantize → Spectrum → Compile, two KSamplerAdvanced stages; ``compare``
+    adds the plain branch, a Fastlane Benchmark on each of the four sampled MODELs, and one report per expert."""
+    name = f"fastlane-wan22-{'compare' if compare else 'fastest'}"
+    high_file, low_file, clip_file, vae_file = WAN22_FILES
+    high = Node(2, "UNETLoader", (0, 40), title="Load Diffusion Model (high noise)",
+                widgets={"unet_name": high_file, "weight_dtype": "default"})
+    low = Node(3, "UNETLoader", (0, 200), title="Load Diffusion Model (low noise)",
+               widgets={"unet_name": low_file, "weight_dtype": "default"})
+    clip = Node(4, "CLIPLoader", (0, 360), widgets={"clip_name": clip_file, "type": "wan"})
+    vae = Node(5, "VAELoader", (0, 540), widgets={"vae_name": vae_file})
+    text = Node(6, "CLIPTextEncode", (360, 360), size=(400, 160), links={"clip": clip.out()},
+                widgets={"text": WAN22_PROMPT})
+    negative = Node(7, "CLIPTextEncode", (360, 560), size=(400, 120), links={"clip": clip.out()},
+                    widgets={"text": WAN22_NEGATIVE})
+    latent = Node(8, "EmptyHunyuanLatentVideo", (800, 560),
+                  widgets={"width": 832, "height": 480, "length": 81, "batch_size": 1})
+    shifts = [Node(9 + i, "ModelSamplingSD3", (360, 40 + 160 * i), links={"model": loader.out()},
+                   widgets={"shift": 8.0}) for i, loader in enumerate((high, low))]
+    chains = []
+    for i, shift in enumerate(shifts):  # ids 11-13 (high noise), 14-16 (low noise)
+        made, model = _fastest_chain(WAN22_FRACTION)(shift.out())
+        for j, node in enumerate(made):
+            node.id, node.pos = 11 + 3 * i + j, (400 + 360 * j, 780 + 420 * i)
+        chains.append((made, model))
+    shared = [high, low, clip, vae, text, negative, latent, *shifts]
+    fast = _wan22_branch(20, [m for _, m in chains], text, negative, latent, vae, name, "fastlane", 40)
+    nodes = [_note("Wan 2.2 14B " + ("fastest vs baseline" if compare else "fastest"), _wan22_note(compare)),
+             *shared, *chains[0][0], *chains[1][0]]
+    if not compare:
+        return Workflow(name, nodes + fast.nodes)
+    fast_benches = [Node(30 + i, "FastlaneBenchmark", (1140, 40 + 160 * i), links={"model": model},
+                         widgets={"label": f"fastlane {expert}"})
+                    for i, ((_, model), expert) in enumerate(zip(chains, ("high", "low")))]
+    base_benches = [Node(32 + i, "FastlaneBenchmark", (1140, 1700 + 160 * i), links={"model": shift.out()},
+                         widgets={"label": f"baseline {expert}"})
+                    for i, (shift, expert) in enumerate(zip(shifts, ("high", "low")))]
+    fast = _wan22_branch(20, [b.out() for b in fast_benches], text, negative, latent, vae, name, "fastlane", 40)
+    base = _wan22_branch(50, [b.out() for b in base_benches], text, negative, latent, vae, name, "baseline", 1700)
+    reports = []
+    for i, expert in enumerate(("high", "low")):
+        report = Node(40 + 3 * i, "FastlaneBenchmarkReport", (1860, 1000 + 200 * i), size=(280, 140),
+                      title=f"Fastlane Benchmark Report ({expert}-noise expert)",
+                      links={"model": fast_benches[i].out(), "image": fast.decode.out(),
+                             "reference_model": base_benches[i].out(), "reference_image": base.decode.out()})
+        show = Node(41 + 3 * i, "PreviewAny", (2540, 40 + 900 * i), size=(560, 420),
+                    title=f"Benchmark report ({expert}-noise expert)", links={"source": report.out(0)})
+        plot = Node(42 + 3 * i, "SaveImage", (2540, 500 + 900 * i), size=(560, 380),
+                    title=f"Save benchmark plot ({expert}-noise expert)", links={"images": report.out(1)},
+                    widgets={"filename_prefix": f"fastlane/{name}_plot_{expert}"})
+        reports += [report, show, plot]
+    fast_group = [*chains[0][0], *chains[1][0], *fast_benches, *fast.nodes]
+    return Workflow(name, [*nodes, *fast_benches, *fast.nodes, *base_benches, *base.nodes, *reports], groups=[
+        Group("Fastlane", fast_group, "#3f789e"), Group("Baseline (plain)", [*base_benches, *base.nodes], "#8A8A8A")])
+
+
+@dataclass
+class _Branch:
+    nodes: list[Node]
+    decode: Node
+
+
+def _wan22_branch(first_id: int, models: list[tuple[Node, int]], text: Node, negative: Node, latent: Node, vae: Node,
+                  name: str, label: str, y: float) -> _Branch:
+    """The two KSamplerAdvanced stages (high-noise expert, then low-noise expert), decode and save, at ids
+    ``first_id``.. and height ``y``."""
+    stage = dict(steps=WAN22_STEPS, cfg=3.5, sampler_name="euler", scheduler="simple")
+    high = Node(first_id, "KSamplerAdvanced", (1500, y), title=f"KSamplerAdvanced (high noise, {label})",
+                links={"model": models[0], "positive": text.out(), "negative": negative.out(),
+                       "latent_image": latent.out()},
+                widgets=dict(add_noise="enable", noise_seed=42, **stage, start_at_step=0, end_at_step=WAN22_SWITCH,
+                             return_with_leftover_noise="enable"))
+    low = Node(first_id + 3, "KSamplerAdvanced", (1500, y + 460), title=f"KSamplerAdvanced (low noise, {label})",
+               links={"model": models[1], "positive": text.out(), "negative": negative.out(),
+                      "latent_image": high.out()},
+               widgets=dict(add_noise="disable", noise_seed=0, **stage, start_at_step=WAN22_SWITCH,
+                            end_at_step=10000, return_with_leftover_noise="disable"))
+    decode = Node(first_id + 1, "VAEDecode", (1860, y), links={"samples": low.out(), "vae": vae.out()})
+    video = Node(first_id + 4, "CreateVideo", (1860, y + 120), links={"images": decode.out()}, widgets={"fps": 16.0})
+    save = Node(first_id + 2, "SaveVideo", (2100, y), size=(400, 440), links={"video": video.out()},
+                widgets={"filename_prefix": f"fastlane/{name}_{label}"})
+    return _Branch([high, low, decode, video, save], decode)
+
+
+def _wan22_note(compare: bool) -> str:
+    if compare:
+        return (f"## Wan 2.2 14B: Fastlane fastest vs baseline\n\n{COMPARE_NOTE} Each expert has its own Fastlane "
+                "Benchmark on both branches and its own report (both compare the final videos' frames).\n\n"
+                f"{WAN22_FILES_TEXT}")
+    return ("## Wan 2.2 14B, fastest\n\nPer expert: **Quantize fp8_scaled_mm** (an Ada, Hopper or Blackwell GPU) → "
+            f"**Spectrum Cache {WAN22_FRACTION}** → **Compile** regional (one block graph per expert, compiled on the "
+            f"first run; queue again for the warm speed).\n\n{WAN22_ABOUT}\n\n{WAN22_FILES_TEXT}\n\n{UNMEASURED}")
+
+
+def wan22_fastest() -> Workflow:
+    return _wan22(compare=False)
+
+
+def wan22_compare() -> Workflow:
+    return _wan22(compare=True)
+
+
 WORKFLOWS = [demo_compare, flux_baseline, flux_balanced, flux_fastest, flux_compare, sdxl_baseline, sdxl_balanced,
-             sdxl_fastest, sdxl_compare]
+             sdxl_fastest, sdxl_compare, qwen_image_fastest, qwen_image_compare, z_image_fastest, z_image_compare,
+             wan22_fastest, wan22_compare]
 
 
 # -- node definitions ----------------------------------------------------------------------------------------------

@@ -46,8 +46,9 @@ def output_types(class_type: str) -> list[str]:
 
 def test_every_workflow_has_both_formats():
     assert [p.name for p in API_FILES] == [f"fastlane-{name}.api.json" for name in (
-        "demo-compare", "flux-balanced", "flux-baseline", "flux-compare", "flux-fastest", "sdxl-balanced",
-        "sdxl-baseline", "sdxl-compare", "sdxl-fastest")]
+        "demo-compare", "flux-balanced", "flux-baseline", "flux-compare", "flux-fastest", "qwen-image-compare",
+        "qwen-image-fastest", "sdxl-balanced", "sdxl-baseline", "sdxl-compare", "sdxl-fastest", "wan22-compare",
+        "wan22-fastest", "z-image-compare", "z-image-fastest")]
     for api_file in API_FILES:
         assert ui_twin(api_file).exists()
     ui_files = set(WORKFLOWS.glob("*.json"))
@@ -83,7 +84,7 @@ def test_api_file_names_real_nodes_inputs_and_types(api_file):
                     assert options["min"] <= value <= options["max"], (class_type, name, value)
 
 
-MODEL_FILE_INPUTS = {"unet_name", "clip_name1", "clip_name2", "vae_name", "ckpt_name"}
+MODEL_FILE_INPUTS = {"unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name", "ckpt_name"}
 STANDARD = sorted(p for p in API_FILES if "-demo-" not in p.name)
 
 
@@ -232,3 +233,38 @@ def test_demo_workflow_runs_in_comfyui(graph, tmp_path, monkeypatch):
     assert result["ui"][report_id]["text"] == [text]
     assert list(result["ui"][by_type["PreviewAny"][0]]["text"]) == [text]
     assert plot.shape[0] == 1 and plot.shape[-1] == 3
+
+
+def _upstream(prompt: dict, node_id: str, name: str = "model") -> list[str]:
+    """The class types along a node's ``name`` input back to its source (a MODEL chain back to the loader)."""
+    chain = []
+    while name in prompt[node_id]["inputs"] and isinstance(prompt[node_id]["inputs"][name], list):
+        node_id = prompt[node_id]["inputs"][name][0]
+        chain.append(prompt[node_id]["class_type"])
+    return chain
+
+
+@pytest.mark.parametrize("name", ["wan22-fastest", "wan22-compare"])
+def test_wan22_experts_each_run_their_own_fastlane_chain_on_their_own_stage(name):
+    prompt = load(WORKFLOWS / "api" / f"fastlane-{name}.api.json")
+    stages = {i: n for i, n in prompt.items() if n["class_type"] == "KSamplerAdvanced"}
+    fast = {i: n for i, n in stages.items() if "FastlaneCompile" in _upstream(prompt, i)}
+    assert len(fast) == 2 and len(stages) == (4 if name.endswith("compare") else 2)
+    high, low = sorted(fast.values(), key=lambda n: n["inputs"]["start_at_step"])
+    steps = (high["inputs"]["start_at_step"], high["inputs"]["end_at_step"], low["inputs"]["start_at_step"])
+    assert steps == (0, 10, 10)
+    assert high["inputs"]["return_with_leftover_noise"] == "enable" and low["inputs"]["add_noise"] == "disable"
+    caches = set()
+    for stage, expert in ((high, "high"), (low, "low")):
+        chain, node_id = [], stage["inputs"]["model"][0]
+        while True:
+            chain.append(node_id)
+            if "model" not in prompt[node_id]["inputs"]:
+                break
+            node_id = prompt[node_id]["inputs"]["model"][0]
+        types = [prompt[i]["class_type"] for i in chain]
+        assert types[-5:] == ["FastlaneCompile", "FastlaneSpectrumCache", "FastlaneQuantize", "ModelSamplingSD3",
+                              "UNETLoader"], types
+        caches.add(chain[types.index("FastlaneSpectrumCache")])
+        assert prompt[chain[-1]]["inputs"]["unet_name"] == f"wan2.2_t2v_{expert}_noise_14B_fp8_scaled.safetensors"
+    assert len(caches) == 2  # each expert its own cache
