@@ -115,7 +115,10 @@ FRACTIONS = (0.15, 0.2, 0.3, 0.4, 0.5, 0.6)
 CORE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5)
 
 
+# Spectrum as published (the official scripts' w = 0.5; warm-up 2, not 5, for 28 steps), the duel's baseline; the
+# node's defaults came out of this grid ("Spectrum tuned" rows).
 SPECTRUM_DEFAULTS = dict(degree=4, ridge=0.1, blend=0.5, warmup_steps=2, growth=0.5, coordinate="step")
+SPECTRUM_TUNED = dict(degree=2, ridge=0.01, blend=0.5, warmup_steps=1, growth=0.0, coordinate="step")
 
 
 def spectrum_node(m, fraction: float, granularity: str, **kw):
@@ -146,6 +149,8 @@ def duel_grid(quick: bool, deep: str = "blocks") -> list[tuple]:
         if deep == "blocks":
             rows.append((f"Spectrum {f} (defaults, last_block)", lambda m, f=f: spectrum_node(m, f, "last_block"),
                          "Spectrum last_block"))
+        rows.append((f"Spectrum {f} tuned (node defaults)", lambda m, f=f: spectrum_node(m, f, "auto", **SPECTRUM_TUNED),
+                     "Spectrum tuned (node defaults)"))
     if quick:
         return rows
     for interval in (2, 3, 4, 5, 6):
@@ -165,6 +170,10 @@ def duel_grid(quick: bool, deep: str = "blocks") -> list[tuple]:
     for t in CORE_THRESHOLDS:  # why core EasyCache fares badly on the fp32 demo models: see easycache_input_copied
         rows.append((f"core EasyCache threshold {t}, input copied (probe)",
                      lambda m, t=t: easycache_input_copied(m, t), "core EasyCache, input copied (probe)"))
+    for f in (0.3, 0.2):  # the plan's shape for the Taylor forecast: gaps growing along the run, Spectrum-style
+        for growth in (0.25, 0.5):
+            rows.append((f"Target {f} order 2 growth {growth} ({deep})", lambda m, f=f, g=growth: target_grown(
+                m, f, g, deep), "plan variants"))
     # Spectrum's ingredients one at a time, at 0.3 and 0.2 computed
     variants = [("growth 0 (even plan)", dict(growth=0.0)), ("growth 1", dict(growth=1.0)),
                 ("warm-up 1", dict(warmup_steps=1)), ("warm-up 5 (paper)", dict(warmup_steps=5)),
@@ -192,6 +201,19 @@ def duel_grid(quick: bool, deep: str = "blocks") -> list[tuple]:
                 rows.append((f"Spectrum {f} growth 0 (even plan) ({granularity})",
                              lambda m, f=f, g=granularity: spectrum_node(m, f, g, growth=0.0), "granularity variants"))
     return rows
+
+
+def target_grown(m, fraction: float, growth: float, granularity: str, order: int = 2):
+    """Target Speed's Taylor forecast on a plan whose gaps grow along the run (the node plans evenly)."""
+    from functools import partial
+
+    from fastlane.cachers.adapters import adapter_for
+    from fastlane.cachers.comfy_hooks import attach
+    from fastlane.cachers.policies import TargetSpeedPolicy, Window
+    from fastlane.cachers.session import StepCache
+
+    policy = partial(TargetSpeedPolicy, fraction, Window(), 1, True, growth)
+    return attach(m, StepCache(policy, order, granularity, f"Target/{fraction:g}/growth {growth:g}"), adapter_for(m))
 
 
 def easycache_input_copied(m, threshold: float):
@@ -293,8 +315,12 @@ def main() -> None:
                         help="duel: issue 18's comparison of every cacher over computed fractions 0.15-0.6")
     parser.add_argument("--only", default="", help="comma-separated substrings: run only settings containing one")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--plot-from", type=Path, default=None, help="only draw the duel plot of a written JSON")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.plot_from:
+        written = json.loads(args.plot_from.read_text())
+        return plot_duel(written["rows"], written["meta"], args.plot_from.with_suffix(".png"))
     family = FAMILIES[args.family]
     args.steps = args.steps or family.steps
     grid = family.grid(args.quick) if args.grid == "default" else duel_grid(args.quick, family.block_granularity)
@@ -362,7 +388,7 @@ def plot_duel(results: list[dict], meta: dict, png: Path) -> None:
         return
     fig, ax = plt.subplots(figsize=(8, 5.5))
     methods = [m for m in dict.fromkeys(r["method"] for r in results)
-               if m not in ("none", "Spectrum variants", "granularity variants")]
+               if m not in ("none", "Spectrum variants", "granularity variants", "plan variants")]
     for method in methods:
         points = sorted((r["computed_fraction"], r["psnr_db"]) for r in results if r["method"] == method)
         style = "-o" if "Spectrum" in method or "Target" in method else "--s" if "core" in method else ":^"
