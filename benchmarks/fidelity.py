@@ -389,10 +389,10 @@ def plot_duel(results: list[dict], meta: dict, png: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5.5))
     methods = [m for m in dict.fromkeys(r["method"] for r in results)
                if m not in ("none", "Spectrum variants", "granularity variants", "plan variants")]
-    for method in methods:
+    for i, method in enumerate(methods):
         points = sorted((r["computed_fraction"], r["psnr_db"]) for r in results if r["method"] == method)
         style = "-o" if "Spectrum" in method or "Target" in method else "--s" if "core" in method else ":^"
-        ax.plot(*zip(*points), style, label=method, markersize=4)
+        ax.plot(*zip(*points), style, label=method, markersize=4, color=plt.cm.tab20(i % 20))
     ax.set_xlabel("computed fraction (full model passes / steps)")
     ax.set_ylabel("PSNR vs uncached (dB)")
     ax.set_title(f"{meta['model'].split('(')[0].strip()}: {meta['cases']}, {meta['sampling']}", fontsize=9)
