@@ -309,8 +309,10 @@ def _files_text(*files: tuple[str, str]) -> str:
 
 
 def _fastest_chain(fraction: float) -> Callable:
-    """Quantize fp8_scaled_mm → Spectrum Cache (its defaults but ``compute_fraction``) → Compile regional."""
-    return _chain(("FastlaneQuantize", QUANTIZE), ("FastlaneSpectrumCache", {"compute_fraction": fraction}),
+    """Quantize fp8_scaled_mm → Target Speed (``compute_fraction``, Taylor order 2: it beat the Spectrum Cache from
+    0.2 computed up on both FLUX-class proxies, docs/FIDELITY.md) → Compile regional."""
+    return _chain(("FastlaneQuantize", QUANTIZE),
+                  ("FastlaneTargetSpeedCache", {"compute_fraction": fraction, "order": 2}),
                   ("FastlaneCompile", COMPILE))
 
 
@@ -328,7 +330,7 @@ class ImageFamily:
     size: int
     sampler: dict  # KSampler widgets
     negative: str | None  # None: ConditioningZeroOut of the prompt (a distilled model at CFG 1)
-    fraction: float  # Spectrum compute_fraction
+    fraction: float  # Target Speed compute_fraction
     about: str
 
     def files_text(self) -> str:
@@ -342,14 +344,14 @@ QWEN_IMAGE = ImageFamily(
     "low quality, blurry, bad anatomy, extra digits, missing limbs", 0.35,
     "1328², 20 steps, CFG 4, shift 3.5, as ComfyUI's Qwen-Image template. Quantize's few_row_linears `auto` stores "
     "the modulation weights (`img_mod`/`txt_mod`: a third of Qwen-Image's 20 B parameters) in fp8 too; their "
-    "inputs stay 16-bit. Spectrum 0.35: the model runs on 7 of 20 steps. Compile regional: one block graph.")
+    "inputs stay 16-bit. Target Speed 0.35: the model runs on 7 of 20 steps. Compile regional: one block graph.")
 Z_IMAGE = ImageFamily(
     "z-image", "Z-Image Turbo", "z_image_turbo_bf16.safetensors", "qwen_3_4b.safetensors", "lumina2",
     "ae.safetensors", 3.0, 1024,
     dict(seed=42, steps=8, cfg=1.0, sampler_name="res_multistep", scheduler="simple", denoise=1.0),
     None, 0.4,
-    "1024², 8 steps of res_multistep at CFG 1, shift 3, as ComfyUI's Z-Image Turbo template. Spectrum 0.4: the "
-    "model runs on 3 of the 8 steps (the turbo model leaves few steps to skip: check the image in the compare "
+    "1024², 8 steps of res_multistep at CFG 1, shift 3, as ComfyUI's Z-Image Turbo template. Target Speed 0.4: "
+    "the model runs on 3 of the 8 steps (the turbo model leaves few steps to skip: check the image in the compare "
     "workflow). Compile regional: two block graphs (refiner and main blocks); the modulation Linears stay 16-bit.")
 
 
@@ -380,7 +382,7 @@ def _image_family(family: ImageFamily, accelerate: Callable, title: str, note: s
 def _image_fastest(family: ImageFamily) -> Workflow:
     return _image_family(family, _fastest_chain(family.fraction), f"{family.title} fastest",
                          f"## {family.title}, fastest\n\n**Quantize fp8_scaled_mm** (an Ada, Hopper or Blackwell "
-                         f"GPU) → **Spectrum Cache {family.fraction}** → **Compile** regional (compiled on the first "
+                         f"GPU) → **Target Speed Cache {family.fraction}** (order 2) → **Compile** regional (compiled on the first "
                          f"run; queue again for the warm speed).\n\n{family.about}\n\n{family.files_text()}\n\n"
                          f"{UNMEASURED}", f"fastlane-{family.key}-fastest")
 
@@ -419,13 +421,13 @@ WAN22_FILES_TEXT = _files_text(("diffusion_models", WAN22_FILES[0]), ("diffusion
 WAN22_ABOUT = (f"Wan 2.2 14B text-to-video, 832×480, 81 frames: the high-noise expert samples steps 0-{WAN22_SWITCH} "
                f"and the low-noise expert steps {WAN22_SWITCH}-{WAN22_STEPS} of {WAN22_STEPS} (two KSamplerAdvanced "
                "stages, CFG 3.5, shift 8, as ComfyUI's Wan 2.2 template). Each expert has its own Quantize, "
-               f"Spectrum Cache and Compile: each cache plans over its own stage (Spectrum {WAN22_FRACTION}: 4 of "
+               f"Target Speed Cache and Compile: each cache plans over its own stage ({WAN22_FRACTION}: 4 of "
                "its 10 steps computed) and starts clean at each run. The loaders read the fp8_scaled files at "
                "weight_dtype `default`; ComfyUI moves the experts in and out of VRAM as the stages need them.")
 
 
 def _wan22(compare: bool) -> Workflow:
-    """Wan 2.2 14B T2V: two experts, each Quantize → Spectrum → Compile, two KSamplerAdvanced stages; ``compare``
+    """Wan 2.2 14B T2V: two experts, each Quantize → Target Speed → Compile, two KSamplerAdvanced stages; ``compare``
     adds the plain branch, a Fastlane Benchmark on each of the four sampled MODELs, and one report per expert."""
     name = f"fastlane-wan22-{'compare' if compare else 'fastest'}"
     high_file, low_file, clip_file, vae_file = WAN22_FILES
@@ -514,7 +516,7 @@ def _wan22_note(compare: bool) -> str:
                 "Benchmark on both branches and its own report (both compare the final videos' frames).\n\n"
                 f"{WAN22_FILES_TEXT}")
     return ("## Wan 2.2 14B, fastest\n\nPer expert: **Quantize fp8_scaled_mm** (an Ada, Hopper or Blackwell GPU) → "
-            f"**Spectrum Cache {WAN22_FRACTION}** → **Compile** regional (one block graph per expert, compiled on the "
+            f"**Target Speed Cache {WAN22_FRACTION}** (order 2) → **Compile** regional (one block graph per expert, compiled on the "
             f"first run; queue again for the warm speed).\n\n{WAN22_ABOUT}\n\n{WAN22_FILES_TEXT}\n\n{UNMEASURED}")
 
 

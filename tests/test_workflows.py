@@ -263,8 +263,8 @@ def test_wan22_experts_each_run_their_own_fastlane_chain_on_their_own_stage(name
                 break
             node_id = prompt[node_id]["inputs"]["model"][0]
         types = [prompt[i]["class_type"] for i in chain]
-        assert types[-5:] == ["FastlaneCompile", "FastlaneSpectrumCache", "FastlaneQuantize", "ModelSamplingSD3",
+        assert types[-5:] == ["FastlaneCompile", "FastlaneTargetSpeedCache", "FastlaneQuantize", "ModelSamplingSD3",
                               "UNETLoader"], types
-        caches.add(chain[types.index("FastlaneSpectrumCache")])
+        caches.add(chain[types.index("FastlaneTargetSpeedCache")])
         assert prompt[chain[-1]]["inputs"]["unet_name"] == f"wan2.2_t2v_{expert}_noise_14B_fp8_scaled.safetensors"
     assert len(caches) == 2  # each expert its own cache
