@@ -18,25 +18,14 @@ import comfy.model_patcher
 import comfy.patcher_extension
 from comfy.patcher_extension import WrappersMP
 
+from ..compilers import conds
+from ..compilers.call_wrappers import transformer_options_of
 from .session import Call, StepCache
 
 HOLDER_KEY = "fastlane_cache"
 RECORDER_KEY = "fastlane_recorder"  # set by the benchmark node; told which calls were computed
-# Set by Fastlane Compile (scope whole) for the call: ``compile_fn(cls, attr)`` gives ``cls.attr`` compiled with the
-# node's settings, so an adapter that runs part of the model itself (SDXL DeepCache's shallow pass) runs it compiled.
-COMPILE_FN_KEY = "fastlane_compile_fn"
-# Set by Fastlane CUDA Graph for the call: ``graph_fn(tag, fn, args, kwargs)`` runs ``fn(*args, **kwargs)`` recorded
-# in a CUDA graph per ``tag`` and signature, so an adapter's own partial pass (the shallow pass) replays too.
-GRAPH_FN_KEY = "fastlane_graph_fn"
 WRAPPER_KEY = "fastlane_cache"
 log = logging.getLogger("fastlane")
-
-
-def transformer_options_of(args: tuple, kwargs: dict) -> dict:
-    options = kwargs.get("transformer_options")
-    if options is None:
-        options = next(a for a in reversed(args) if isinstance(a, dict))
-    return options
 
 
 def current_call(transformer_options: dict) -> Call | None:
@@ -44,8 +33,8 @@ def current_call(transformer_options: dict) -> Call | None:
 
 
 def _batch_key(x, transformer_options: dict) -> tuple:
-    conds = tuple(str(u) for u in transformer_options.get("uuids", ())) or tuple(transformer_options.get("cond_or_uncond", ()))
-    return conds, tuple(x.shape), x.dtype, str(x.device)
+    ids = tuple(str(u) for u in transformer_options.get("uuids", ())) or tuple(transformer_options.get("cond_or_uncond", ()))
+    return ids, tuple(x.shape), x.dtype, str(x.device)
 
 
 def make_diffusion_model_wrapper(adapter):
@@ -112,7 +101,5 @@ def attach(model: comfy.model_patcher.ModelPatcher, cache: StepCache, adapter: A
     patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)
     patched.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, make_diffusion_model_wrapper(adapter))
     adapter.install(patched, cache)
-    from ..compilers import conds  # a cached step is mostly host work: no stream sync from conditioning copies
-
-    conds.attach(patched)
+    conds.attach(patched)  # a cached step is mostly host work: no stream sync from conditioning copies
     return patched

@@ -28,11 +28,11 @@ from typing import Any, Callable
 
 import torch
 
-from ..cachers.comfy_hooks import GRAPH_FN_KEY, transformer_options_of
-from . import regions
-from .engine import RunNotes
+from . import engine, families
+from .call_wrappers import (CUDA_GRAPH_KEY, GRAPH_FN_KEY, RunNotes, install_call_wrappers, transformer_options_of,
+                            wrapper_owner)
 
-KEY = "fastlane_cuda_graph"
+KEY = CUDA_GRAPH_KEY
 MAX_GRAPHS = 16  # per model; more signatures than this (many sizes in one session) start over
 SAFE_PATCH_FLAG = "fastlane_whole_compile_safe"  # a patch that only hands a tensor out (DeepCache's capture)
 RECORDED_FAMILIES = ("FLUX", "UNet (SDXL/SD1.x)")  # the regional-compile families whose replays were checked on a GPU
@@ -308,33 +308,19 @@ def record_cuda_graph(fn: Callable[[], Any], pool=None) -> tuple[Callable[[], No
 def attach(model, record: Callable | None = None):
     """A clone of ``model`` whose diffusion-model calls are recorded and replayed as CUDA graphs; ``model`` itself
     is left untouched. ``record`` replaces the CUDA recording (tests on machines without a GPU)."""
-    from . import engine
-
     dm = model.get_model_object("diffusion_model")
-    family = regions.family_of(dm)
+    family = families.family_of(dm)
     if family is None or family.name not in RECORDED_FAMILIES or not hasattr(type(dm), "_forward"):
         raise ValueError(f"Fastlane CUDA Graph knows FLUX and SDXL/SD1.x UNets; this MODEL is {type(dm).__name__}")
     compiler = engine.compiler_of(model)
     if compiler is not None:
-        check_compile_spec(compiler.spec)
+        engine.check_stacks_with_cuda_graph(compiler.spec)
     recorder = CudaGraphRecorder(record)
     patched = model.clone()
-    engine.install_call_wrappers(patched, KEY, recorder)
+    install_call_wrappers(patched, KEY, recorder)
     return patched, recorder
-
-
-def check_compile_spec(spec) -> None:
-    """Fastlane Compile settings that already record graphs, or compile the whole model, do not stack with this."""
-    if spec.mode in ("reduce-overhead", "max-autotune"):
-        raise ValueError(f"Fastlane Compile's mode '{spec.mode}' records CUDA graphs itself: use one of the two "
-                         "(mode 'default' with this node, or that mode without it)")
-    if spec.scope == "whole":
-        raise ValueError("Fastlane Compile with scope 'whole' and this node: use Compile's mode 'reduce-overhead' "
-                         "for a whole-model graph, or scope 'regional' with this node")
 
 
 def recorder_of(model) -> CudaGraphRecorder | None:
     """The recorder Fastlane CUDA Graph attached to a MODEL, or None."""
-    from .engine import wrapper_owner
-
     return wrapper_owner(model, KEY, CudaGraphRecorder)

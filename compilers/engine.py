@@ -20,10 +20,11 @@ from typing import Any, Callable
 
 import torch
 
-from ..cachers.comfy_hooks import COMPILE_FN_KEY
-from . import conds, regions
+from . import families, regions
+from .call_wrappers import COMPILE_FN_KEY, COMPILE_KEY, CUDA_GRAPH_KEY, RunNotes, install_call_wrappers, wrapper_owner
+from .progress import FirstCompileProgress
 
-KEY = "fastlane_compile"
+KEY = COMPILE_KEY
 MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead")
 BACKENDS = ("inductor", "aot_eager", "eager")
 DYNAMIC = ("auto", "true", "false")
@@ -63,17 +64,6 @@ class CompileSpec:
     def label(self) -> str:
         mode = "" if self.mode == "default" else f"/{self.mode}"
         return f"{self.scope}/{self.backend}{mode}/dynamic={self.dynamic}"
-
-
-@dataclass
-class RunNotes:
-    """What a sampling run should tell the user, each said once (the log lines after the run)."""
-
-    notes: list[str] = field(default_factory=list)
-
-    def note(self, text: str) -> None:
-        if text not in self.notes:
-            self.notes.append(text)
 
 
 @dataclass
@@ -153,6 +143,8 @@ class Compiler:
         self._regions: dict[int, list[torch.nn.Module]] = {}
         self._eligible: dict[tuple, list[torch.nn.Module]] = {}
         self._prepared: set[int] = set()
+        self._requested: set[tuple[type, str]] = set()  # the compiled functions the current call runs
+        self.progress = FirstCompileProgress()
         self.run: RunStats | None = None
         self.runs: list[RunStats] = []
 
@@ -162,7 +154,8 @@ class Compiler:
         fn = self._compiled.get((cls, attr))
         if fn is None:
             fn = self._compiled[(cls, attr)] = torch.compile(getattr(cls, attr), **self.spec.torch_kwargs())
-        return fn
+        self._requested.add((cls, attr))
+        return self.progress.first_call((cls, attr), fn)
 
     def _region_forward(self, module: torch.nn.Module) -> Callable:
         kind = self.family.kind_of(module)
@@ -278,7 +271,9 @@ class Compiler:
                                   "block): compiled calls use PyTorch SDPA attention")
         if self.spec.mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()
+        self._requested = set()
         remove, path, eager = self._install(base, options)
+        self.progress.expect(self._requested)
         if path == "whole":  # a step cache that runs part of the model itself (SDXL DeepCache) compiles that too
             options[COMPILE_FN_KEY] = self._compiled_fn
         graphs, seconds = _graph_count(), _compile_seconds()
@@ -353,15 +348,13 @@ def attach(model, spec: CompileSpec):
 
     spec.validate()
     dm = model.get_model_object("diffusion_model")
-    family = regions.family_of(dm)
+    family = families.family_of(dm)
     if spec.scope == "regional" and family is None:
         raise ValueError(f"Fastlane Compile 'regional' knows the blocks of "
-                         f"{', '.join(f.name for f in regions.families())}; this MODEL is {type(dm).__name__}, "
+                         f"{', '.join(f.name for f in families.families())}; this MODEL is {type(dm).__name__}, "
                          "whose blocks it does not know: use scope 'whole' (compiles any model)")
-    from . import cuda_graphs
-
-    if cuda_graphs.recorder_of(model) is not None:
-        cuda_graphs.check_compile_spec(spec)
+    if wrapper_owner(model, CUDA_GRAPH_KEY) is not None:  # Fastlane CUDA Graph upstream
+        check_stacks_with_cuda_graph(spec)
     raise_recompile_limit()
     compiler = Compiler(spec, family)
     patched = model.clone()
@@ -373,28 +366,15 @@ def attach(model, spec: CompileSpec):
     return patched, compiler
 
 
-def install_call_wrappers(patched, key: str, owner) -> None:
-    """Put ``owner``'s APPLY_MODEL and OUTER_SAMPLE wrappers on ``patched`` (a clone the caller owns) under ``key``,
-    replacing any earlier ones of that key, and keep the run's conditioning on the GPU (a copy from CPU memory inside
-    a call stalls the stream, and cannot be recorded in a CUDA graph)."""
-    from comfy.patcher_extension import WrappersMP
-
-    patched.remove_wrappers_with_key(WrappersMP.APPLY_MODEL, key)
-    patched.remove_wrappers_with_key(WrappersMP.OUTER_SAMPLE, key)
-    patched.add_wrapper_with_key(WrappersMP.APPLY_MODEL, key, owner.apply_model_wrapper)
-    patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, key, owner.outer_sample_wrapper)
-    conds.attach(patched)
-
-
-def wrapper_owner(model, key: str, cls: type):
-    """The ``cls`` object whose APPLY_MODEL wrapper ``model`` carries under ``key``, or None."""
-    from comfy.patcher_extension import WrappersMP
-
-    for wrapper in model.get_wrappers(WrappersMP.APPLY_MODEL, key):
-        owner = getattr(wrapper, "__self__", None)
-        if isinstance(owner, cls):
-            return owner
-    return None
+def check_stacks_with_cuda_graph(spec: CompileSpec) -> None:
+    """Fastlane Compile settings that already record graphs, or compile the whole model, do not stack with Fastlane
+    CUDA Graph (either order): ValueError saying which to use."""
+    if spec.mode in ("reduce-overhead", "max-autotune"):
+        raise ValueError(f"Fastlane Compile's mode '{spec.mode}' records CUDA graphs itself: use one of the two "
+                         "(mode 'default' with this node, or that mode without it)")
+    if spec.scope == "whole":
+        raise ValueError("Fastlane Compile with scope 'whole' and this node: use Compile's mode 'reduce-overhead' "
+                         "for a whole-model graph, or scope 'regional' with this node")
 
 
 def compiler_of(model) -> Compiler | None:

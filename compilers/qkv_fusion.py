@@ -136,6 +136,28 @@ def already_fused(diffusion_model: torch.nn.Module) -> str | None:
     return None
 
 
+def _quantized(model) -> bool:
+    """Whether ``model`` went through Fastlane Quantize: each module it quantized names its scheme in a
+    ``fastlane_scheme`` attribute. (Read here rather than imported: ``quantizers/`` builds on this module, which
+    undoes its own fusion for it with ``unfuse``.)"""
+    return any(hasattr(m, "fastlane_scheme") for m in model.model.diffusion_model.modules())
+
+
+def unfuse(model) -> int:
+    """Remove Fastlane QKV Fusion from ``model`` (a clone the caller owns): its fused attentions and callbacks.
+    Returns how many attentions were fused."""
+    from comfy.patcher_extension import CallbacksMP
+
+    twins = [k for k, v in model.object_patches.items() if hasattr(v, "fused_kind")]
+    if not twins:
+        return 0
+    for k in twins:
+        model.object_patches.pop(k)
+    for call in (CallbacksMP.ON_LOAD, CallbacksMP.ON_PRE_RUN, CallbacksMP.ON_DETACH):
+        model.remove_callbacks_with_key(call, KEY)
+    return len(twins)
+
+
 def fuse(model):
     """A clone of ``model`` with every q/k/v attention fused; returns (clone, report text)."""
     from comfy.patcher_extension import CallbacksMP
@@ -145,9 +167,7 @@ def fuse(model):
     patched = model.clone()
     if reason is not None:
         return patched, f"Fastlane QKV Fusion: {reason}; the MODEL passes through unchanged."
-    from ..quantizers import patching
-
-    if patching.quantized_paths(model):
+    if _quantized(model):
         raise ValueError("this MODEL went through Fastlane Quantize, and quantized projections cannot be fused: use "
                          "Fastlane QKV Fusion on a 16-bit MODEL (a Quantize after it undoes the fusion)")
     found = attention_modules(model)

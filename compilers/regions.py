@@ -6,7 +6,7 @@ caches per code object and, with parameters lifted to graph inputs, does not spe
 FLUX's 19 double + 38 single blocks compile two graphs, not 57.
 
 Families: FLUX.1/FLUX.2 and the SDXL/SD1.x UNet here; Qwen-Image, Wan, Lumina2 / Z-Image, HunyuanVideo and Chroma in
-``dit_regions.py``. A model of any other class has no regions: Fastlane Compile refuses ``regional`` for it at node
+``dit_regions.py``; ``families.py`` lists them all. A model of any other class has no regions: Fastlane Compile refuses ``regional`` for it at node
 time and compiles it with ``whole``.
 """
 from __future__ import annotations
@@ -107,7 +107,7 @@ def flux_block_kinds() -> tuple[RegionKind, RegionKind]:
     return RegionKind(layers.DoubleStreamBlock, double_text), RegionKind(layers.SingleStreamBlock, single_text)
 
 
-def _flux_family() -> Family:
+def flux_family() -> Family:
     import comfy.ldm.flux.model as flux
 
     def block_patched(options: dict) -> bool:
@@ -124,7 +124,7 @@ def _flux_family() -> Family:
 
 # ---- SDXL / SD1.x UNet (comfy.ldm.modules.diffusionmodules.openaimodel.UNetModel) ---------------------------------
 
-def _unet_family() -> Family:
+def unet_family() -> Family:
     import comfy.ldm.modules.attention as attention
     import comfy.ldm.modules.diffusionmodules.openaimodel as unet
 
@@ -160,22 +160,6 @@ def _unet_family() -> Family:
                RegionKind(unet.ResBlock, lambda a, k: [])),
         block_patched=block_patched,
     )
-
-
-_FAMILIES: list[Family] | None = None
-
-
-def families() -> list[Family]:
-    global _FAMILIES
-    if _FAMILIES is None:
-        from .dit_regions import dit_families
-
-        _FAMILIES = [_flux_family(), _unet_family(), *dit_families()]
-    return _FAMILIES
-
-
-def family_of(diffusion_model: torch.nn.Module) -> Family | None:
-    return next((f for f in families() if f.supports(diffusion_model)), None)
 
 
 def whole_text_dims(args: tuple, kwargs: dict) -> list[tuple[torch.Tensor, int]]:

@@ -26,6 +26,8 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class Fp8Weights(torch.nn.Module):
     """Base of the modules holding e4m3 ``weight`` codes with a ``weight_scale`` and an optional ``bias``."""
 
+    fastlane_scheme = ""  # every quantized module names its scheme here; QKV fusion recognises a quantized MODEL by it
+
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, scale_shape: tuple[int, ...],
                  bias_dtype: torch.dtype | None = None) -> None:
         super().__init__()

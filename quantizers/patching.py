@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from ..compilers import qkv_fusion
 from . import filters, model_copy, schemes
 from .fp8_scaled import Fp8RowwiseLinear, Fp8Weights
 from .fp8_weight_only import Fp8WeightOnlyLinear
@@ -26,7 +27,7 @@ class QuantizedLinear(torch.nn.Linear):
     """A Linear holding torchao-quantized weights. ComfyUI's lowvram casting cannot copy torchao tensors, so this is
     a plain torch module (never cast by ComfyUI); if ComfyUI leaves it offloaded, it moves its weights per call."""
 
-    fastlane_scheme = ""
+    fastlane_scheme = ""  # set to the scheme's name; QKV fusion recognises a quantized MODEL by this attribute
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
@@ -138,6 +139,7 @@ def quantize(model, scheme_name: str, preset: str = "none", regex: str = "", few
     linear_before = linear_after = baked = 0
     targets = set(selection.targets)
     copies = {}
+    progress = _progress_bar(len(selection.quantized))
     for name in selection.quantized:
         path = f"diffusion_model.{name}"
         original = model.get_model_object(path)
@@ -160,6 +162,7 @@ def quantize(model, scheme_name: str, preset: str = "none", regex: str = "", few
         q.to(model.offload_device)
         linear_after += sum(tensor_bytes(t) for t in q.state_dict().values())
         copies[path] = q
+        progress.update(1)
     quantized, copied = model_copy.own_model(source, copies)
     quantized.add_wrapper_with_key(_outer_sample(), KEY, _refuse_later_patches(set(selection.quantized)))
     quantized.add_callback_with_key(_on_pre_run(), KEY, _note_offloaded_copies(sorted(selection.quantized)))
@@ -168,21 +171,21 @@ def quantize(model, scheme_name: str, preset: str = "none", regex: str = "", few
     return quantized, report
 
 
+def _progress_bar(total: int):
+    """ComfyUI's progress bar for the node running now, one tick per Linear quantized: quantizing FLUX takes a while
+    (hundreds of Linears baked and quantized one by one), and the bar shows it advancing."""
+    import comfy.utils
+
+    return comfy.utils.ProgressBar(total)
+
+
 def _drop_qkv_fusion(model) -> tuple[str, ...]:
     """Undo Fastlane QKV Fusion upstream: its fused attentions hold the received MODEL's projections, and quantized
     projections are not fused anyway."""
-    twins = [k for k, v in model.object_patches.items() if hasattr(v, "fused_kind")]
-    if not twins:
+    undone = qkv_fusion.unfuse(model)
+    if not undone:
         return ()
-    from comfy.patcher_extension import CallbacksMP
-
-    from ..compilers import qkv_fusion
-
-    for k in twins:
-        model.object_patches.pop(k)
-    for call in (CallbacksMP.ON_LOAD, CallbacksMP.ON_PRE_RUN, CallbacksMP.ON_DETACH):
-        model.remove_callbacks_with_key(call, qkv_fusion.KEY)
-    return (f"Fastlane QKV Fusion upstream is undone here ({len(twins)} attentions): quantized projections cannot "
+    return (f"Fastlane QKV Fusion upstream is undone here ({undone} attentions): quantized projections cannot "
             "be fused; put QKV Fusion on a 16-bit MODEL only.",)
 
 

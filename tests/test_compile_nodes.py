@@ -332,3 +332,21 @@ def test_sdxl_whole_scope_yields_to_other_block_patches(sdxl, caplog):
     out = run_sdxl(compiled(deepcache(with_input_block_patch(sdxl)), scope="whole"))
     assert "compiled per block instead" in caplog.text
     assert close(out, reference)
+
+
+def test_first_compile_advances_a_progress_bar_per_block_kind(flux):
+    """The first run ticks ComfyUI's progress bar as each block kind's graph gets built; a warm run adds nothing."""
+    import comfy.utils
+
+    seen = []
+    previous = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, total)))
+    try:
+        model = compiled(flux)
+        sample(model, steps=2)
+        first = list(seen)
+        sample(model, steps=2)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(previous)
+    assert first == [(1, 2), (2, 2)]  # DoubleStreamBlock, SingleStreamBlock
+    assert seen == first

@@ -180,16 +180,16 @@ def test_regional_stacks_with_a_block_cache_and_whole_yields_to_it(models, name,
 
 
 def test_block_patched_names_the_patches_that_decide_per_block(models):
-    from fastlane.compilers import regions
+    from fastlane.compilers import families
 
     def patch(args, extra):
         return extra["original_block"](args)
 
     for name in REGIONAL:
-        family = regions.family_of(models[name].model.diffusion_model)
+        family = families.family_of(models[name].model.diffusion_model)
         assert not family.block_patched({}) and not family.block_patched({"patches": {"post_input": [patch]}})
         assert family.block_patched({"patches_replace": {"dit": {("double_block", 0): patch}}})
-    qwen = regions.family_of(models["qwen_image"].model.diffusion_model)
+    qwen = families.family_of(models["qwen_image"].model.diffusion_model)
     assert qwen.block_patched({"patches": {"double_block": [patch]}})  # DiffSynth ControlNet: runs after each block
 
 

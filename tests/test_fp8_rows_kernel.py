@@ -1,7 +1,7 @@
 """The Triton kernel for few rows x fp8 weights (quantizers/fp8_rows_kernel.py), run in Triton's CPU interpreter.
 
 The interpreter executes the kernel's own code (loads, masks, tile loop, scale, bias, store) on the CPU, so its
-arithmetic is checked here; its speed is measured on the GPU (benchmarks/probe_few_rows.py). The interpreter
+arithmetic is checked here; its speed is measured on the GPU (benchmarks/probes/probe_few_rows.py). The interpreter
 computes ``tl.dot`` wrongly for bf16 operands (a Triton interpreter limitation, fp16 is right), so the several-row
 path (``tl.dot``) is checked with fp16 inputs and the one-row path (a reduction) with both 16-bit types; and it
 truncates fp32 to bf16 where the GPU rounds to nearest, so bf16 outputs are allowed one bf16 step.

@@ -359,3 +359,19 @@ def test_copies_left_off_the_load_device_are_reported(flux, caplog):
         callback(model)
     assert re.search(r"Fastlane Quantize: (\d+) of \1 quantized Linears stay on cpu while this MODEL runs on meta",
                      caplog.text)
+
+
+def test_quantize_reports_progress_per_linear_up_to_its_total(flux):
+    """ComfyUI's progress bar (the real global hook, as the server installs it) ticks once per Linear quantized."""
+    import comfy.utils
+
+    seen = []
+    previous = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, total)))
+    try:
+        model, _ = quantized(flux)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(previous)
+    total = len(quantized_names(model))
+    assert total > 1 and {t for _, t in seen} == {total}
+    assert [v for v, _ in seen] == list(range(1, total + 1))

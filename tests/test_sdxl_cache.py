@@ -424,7 +424,7 @@ def test_a_graph_replay_reusing_the_feature_memory_does_not_corrupt_the_cache(sd
     from comfy.patcher_extension import WrappersMP
 
     from fastlane.cachers.adapters.sdxl import DEEP_FEATURE_KEY
-    from fastlane.cachers.comfy_hooks import COMPILE_FN_KEY, transformer_options_of
+    from fastlane.compilers.call_wrappers import COMPILE_FN_KEY, transformer_options_of
 
     reference = run(deepcache(sdxl), steps=7)
     static = {}

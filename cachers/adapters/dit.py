@@ -31,7 +31,8 @@ import comfy.ldm.hunyuan_video.model
 import comfy.ldm.qwen_image.model
 import comfy.ldm.wan.model
 
-from ..comfy_hooks import current_call, transformer_options_of
+from ...compilers.call_wrappers import transformer_options_of
+from ..comfy_hooks import current_call
 from ..session import StepCache
 from .flux import _runner
 

@@ -40,7 +40,7 @@ from comfy.ldm.modules.attention import SpatialTransformer, SpatialVideoTransfor
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel, apply_control, forward_timestep_embed
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 
-from ..comfy_hooks import COMPILE_FN_KEY, GRAPH_FN_KEY, transformer_options_of
+from ...compilers.call_wrappers import COMPILE_FN_KEY, GRAPH_FN_KEY, transformer_options_of
 from ..session import Call, StepCache
 
 DEEP = "deep"

@@ -2,7 +2,7 @@
 size, runs s6-4/s3-5)? One CUDA graph recorded by hand around the UNet call, over eager or regionally compiled
 blocks.
 
-    python benchmarks/probe_cuda_graphs.py [--out DIR] [--sizes 1024,768]
+    python benchmarks/probes/probe_cuda_graphs.py [--out DIR] [--sizes 1024,768]
 
 Eager SDXL in ComfyUI is bound by the CPU launching ~1,800 kernels per step, so regional compile alone does not
 pay (0.83-0.98x, runs 3/4); inductor's CUDA graphs (``reduce-overhead``) pay only over the whole model, whose
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-BENCH_DIR = Path(__file__).resolve().parent
+BENCH_DIR = Path(__file__).resolve().parents[1]  # benchmarks/: run.py, models.py
 sys.path.insert(0, str(BENCH_DIR))
 
 import run as bench  # noqa: E402

@@ -1,4 +1,4 @@
-# Extra benchmark rows (run.py --extra-rows benchmarks/rows_inductor_flags.py): the inductor flags that the
+# Extra benchmark rows (run.py --extra-rows benchmarks/probes/rows_inductor_flags.py): the inductor flags that the
 # "productionizing diffusion" recipes set, one at a time, on the FLUX fp8 + regional-compile stack. Each row sets
 # its flag only while its own sampling runs (OUTER_SAMPLE wrapper), so the compile of that row sees it and later
 # rows do not. Exec'd by run.py with `row`, `node`, `CTX`, `RowSkipped` in scope.

@@ -10,7 +10,7 @@ forecast: the block stack's residual (``blocks``), the last block's hidden state
   computed steps before it (the true features, so errors do not feed back), relative L2, averaged over skipped steps
   and cases, for Taylor orders 0-2 and Spectrum variants, in the step and sigma coordinates.
 
-    .venv/bin/python benchmarks/probe_feature_dynamics.py --family flux-proxy --classes 4 --fraction 0.3
+    .venv/bin/python benchmarks/probes/probe_feature_dynamics.py --family flux-proxy --classes 4 --fraction 0.3
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-PACK = Path(__file__).resolve().parents[1]
+PACK = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PACK / "tests"))
 
 import comfy_host  # noqa: E402

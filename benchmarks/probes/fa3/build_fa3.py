@@ -12,10 +12,10 @@ Variants (q/k/v -> o): bf16_d128, fp8_d128, bf16_d64, fp8_d64, fp16_d128, fp16_d
 bf16 out; d128 is FLUX's head size, d64 SDXL's).
 
 Usage (repo root):
-    python3 benchmarks/fa3/build_fa3.py                     # all 6 into .devcarry/fa3 (+ wheel + scripts)
-    python3 benchmarks/fa3/build_fa3.py bf16_d128 fp8_d128  # some variants
-    python3 benchmarks/fa3/build_fa3.py --dry-run           # generate + patch sources and ninja files, no nvcc
-    python3 benchmarks/fa3/build_fa3.py --python PY --flashinfer-wheel WHL   # reuse an interpreter / a wheel
+    python3 benchmarks/probes/fa3/build_fa3.py                     # all 6 into .devcarry/fa3 (+ wheel + scripts)
+    python3 benchmarks/probes/fa3/build_fa3.py bf16_d128 fp8_d128  # some variants
+    python3 benchmarks/probes/fa3/build_fa3.py --dry-run           # generate + patch sources and ninja files, no nvcc
+    python3 benchmarks/probes/fa3/build_fa3.py --python PY --flashinfer-wheel WHL   # reuse an interpreter / a wheel
 then on the device: see probe_fa3.py's docstring.
 
 Steps: (1) a venv in --workdir (pip: torch==2.14.1, taken from the local disk, and what flashinfer's generator
@@ -49,7 +49,7 @@ import zipfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
+REPO = HERE.parents[2]
 FLASHINFER = "flashinfer-python==0.7.4"
 TVM_FFI = "apache-tvm-ffi==0.1.15.post2"
 # torch is only imported by flashinfer's generator (dtype tables); nothing links it. The rest is what

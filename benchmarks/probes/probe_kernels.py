@@ -1,6 +1,6 @@
 """Kernel-level probes at FLUX/SDXL shapes on the GPU: SDPA backends, and bf16 vs fp8 (torch._scaled_mm) Linears.
 
-    python benchmarks/probe_kernels.py [--out DIR] [--no-compile] [--attention-only]
+    python benchmarks/probes/probe_kernels.py [--out DIR] [--no-compile] [--attention-only]
 
 Besides PyTorch's SDPA kernels the attention table tries, where they exist: SageAttention (``sageattention`` from
 PyPI, Triton; INT8 Q·K, 16-bit P·V) and SDPA on float8 inputs. Each is compared with the first SDPA kernel's output
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from quantizers.fp8_scaled import Fp8RowwiseLinear  # noqa: E402
 
 # (label, batch, heads, q tokens, kv tokens, head dim, dtype)

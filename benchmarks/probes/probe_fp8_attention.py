@@ -1,7 +1,7 @@
 """GPU probe: would fp8 attention through cuDNN speed up FLUX's joint attention (1024²: 4096 image + 512 text
 tokens, 24 heads of 128) enough to pay for its error?
 
-    python benchmarks/probe_fp8_attention.py [--out DIR]
+    python benchmarks/probes/probe_fp8_attention.py [--out DIR]
 
 PyTorch 2.11 has no fp8 attention kernel of its own (its quantized SDPA entry point needs FlashAttention-3
 kernels registered from a separate package), but the cuDNN library it loads has an fp8 SDPA forward on Hopper,
@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from probe_few_rows import graph_ms  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from probe_few_rows import graph_ms  # noqa: E402  (benchmarks/probes/ is on sys.path when run as a script)
 from probe_kernels import bench  # noqa: E402
 
 B, H, S, D = 1, 24, 4608, 128

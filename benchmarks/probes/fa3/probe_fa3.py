@@ -12,7 +12,7 @@ Device command (carry: [".devcarry"]), as run on the H200 (torch 2.11, Python 3.
     pip install -q --no-index --no-deps --target /tmp/site ./.devcarry/fa3/apache_tvm_ffi-*.whl; \
     PYTHONPATH=/tmp/site FA3_CARRY=./.devcarry/fa3 OUT=$OUT python3 ./.devcarry/fa3/probe_fa3.py
 
-``python3 benchmarks/fa3/probe_fa3.py`` works the same (the .so files are found through FA3_CARRY). Without the pip
+``python3 benchmarks/probes/fa3/probe_fa3.py`` works the same (the .so files are found through FA3_CARRY). Without the pip
 step the wheel in the carry folder is unzipped to /tmp/fa3_tvm_ffi_site. Knobs: FA3_ITERS (30), FA3_WARMUP (10),
 FA3_SDXL=0 to skip the d64 shapes.
 
@@ -43,7 +43,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 CARRY = os.path.abspath(os.environ.get("FA3_CARRY", "./.devcarry/fa3"))
 os.environ["FA3_CARRY"] = CARRY  # fa3_sm90 loads the .so files from here
-import fa3_sm90  # next to this script: benchmarks/fa3/ or the carry folder
+import fa3_sm90  # next to this script: benchmarks/probes/fa3/ or the carry folder
 
 WARMUP = int(os.environ.get("FA3_WARMUP", "10"))
 ITERS = int(os.environ.get("FA3_ITERS", "30"))

@@ -1,6 +1,6 @@
 """GPU probe of FLUX's few-row Linears (modulation of ``vec``): 16-bit vs fp8 weights (quantizers/fp8_weight_only.py).
 
-    python benchmarks/probe_few_rows.py [--out DIR]
+    python benchmarks/probes/probe_few_rows.py [--out DIR]
 
 For each FLUX.1-dev modulation shape and 1, 2 or 16 rows, three ways to compute the product:
 - ``bf16``: the 16-bit ``nn.Linear`` (cuBLAS);
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from probe_kernels import bench  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from probe_kernels import bench  # noqa: E402  (benchmarks/probes/ is on sys.path when run as a script)
 from quantizers.fp8_weight_only import Fp8WeightOnlyLinear, _kernel_runs  # noqa: E402
 
 # (label, in K, out N, how many per FLUX.1-dev step)
