@@ -1,4 +1,5 @@
-"""Turns recorded runs into what a person reads: a table, a per-step latency plot, JSON, and image fidelity."""
+"""Turns recorded runs into what a person reads: a table, a per-step latency plot (:mod:`.plot`), JSON, and image
+fidelity."""
 from __future__ import annotations
 
 import json
@@ -6,8 +7,7 @@ import statistics
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
-
+from .plot import plot  # noqa: F401  (the report's plot, drawn there)
 from .recorder import RunRecord
 
 LPIPS_NOTE = "LPIPS: not computed (its backbone weights are not bundled and are never downloaded)"
@@ -120,31 +120,25 @@ def to_json(result: dict) -> str:
     return json.dumps(result, indent=1, default=str)
 
 
-def plot(series: dict[str, dict[int, float]], computed: dict[str, list[int] | None], width: int = 640,
-         height: int = 320) -> torch.Tensor:
-    """Per-step latency as a ComfyUI IMAGE (1, H, W, 3): one line per run, cached steps drawn hollow."""
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    left, right, top, bottom = 56, width - 16, 28, height - 32
-    all_ms = [v for s in series.values() for v in s.values()] or [1.0]
-    all_steps = [k for s in series.values() for k in s] or [0]
-    y_max = max(all_ms) * 1.1 or 1.0
-    x_max = max(max(all_steps), 1)
-    draw.rectangle([left, top, right, bottom], outline="black")
-    for frac in (0.0, 0.5, 1.0):
-        y = bottom - frac * (bottom - top)
-        draw.text((4, y - 6), f"{y_max * frac:.1f}", fill="black")
-    draw.text((left, 6), "ms per step (filled: computed, hollow: from cache)", fill="black")
-    draw.text((right - 40, bottom + 8), f"step {x_max}", fill="black")
-    colors = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd"]
-    for i, (name, steps) in enumerate(series.items()):
-        color = colors[i % len(colors)]
-        pts = [(left + s / x_max * (right - left), bottom - v / y_max * (bottom - top)) for s, v in sorted(steps.items())]
-        if len(pts) > 1:
-            draw.line(pts, fill=color, width=2)
-        done = computed.get(name)
-        for (x, y), s in zip(pts, sorted(steps)):
-            hollow = done is not None and s not in done
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], outline=color, fill=None if hollow else color)
-        draw.text((left + 8, top + 6 + 14 * i), name, fill=color)
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
+def call_ms(run: RunRecord) -> dict[int, float]:
+    """Mean milliseconds per model call at each step (what the plot draws: a step with cfg > 1 may make two)."""
+    total, count = run.step_ms(), {}
+    for c in run.calls:
+        count[c.step] = count.get(c.step, 0) + 1
+    return {step: ms / count[step] for step, ms in total.items()}
+
+
+def plot_title(result: dict) -> str:
+    """The plot's title: the speed-up and the PSNR against the reference when there is one, else the computed
+    share of the steps."""
+    model, label = result["model"], result.get("label") or "model"
+    if result.get("reference") is None:
+        computed = model.get("computed_steps")
+        share = f", {len(computed)}/{model['steps']} steps computed" if computed is not None else ""
+        return f"{label}: {model['steps']} steps, median {model['median_step_ms']} ms per step{share}"
+    title = f"{label} vs {result.get('reference_label')}: {result.get('speedup_sampling')}x faster sampling"
+    if result.get("speedup_model_time"):
+        title += f" ({result['speedup_model_time']}x model time)"
+    if "fidelity" in result:
+        title += f", PSNR {result['fidelity']['psnr_db']:.1f} dB"
+    return title

@@ -4,7 +4,9 @@ their patch codec "VAE".
 With them a whole graph (loader -> prompt -> empty latent -> KSampler -> decode) runs on any CPU in seconds, which is
 what Fastlane's tests, examples and fidelity measurements use when no real checkpoint is around. FLUX: 16-channel
 latents (EmptySD3LatentImage), cfg 1 with embedded guidance. SDXL: 4-channel latents (EmptyLatentImage), cfg ~5 with
-the 'none' subject as the negative, euler/normal.
+the 'none' subject as the negative, euler/normal. FLUX proxy ('flux-proxy'): the larger FLUX-class model trained on
+procedural scenes with compositional prompts (demo/proxy.py); it takes free text over its vocabulary and draws a
+recognisable scene, so it is the one the demo workflow shows a newcomer.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Callable
 import torch
 from comfy_api.latest import io
 
-from ..demo import codec, model, sdxl
+from ..demo import codec, model, proxy, scenes, sdxl
 
 CATEGORY = "fastlane/demo"
 
@@ -28,6 +30,17 @@ class DemoFamily:
     conditioning: Callable[[str], list]
     encode: Callable[[torch.Tensor], torch.Tensor]
     decode: Callable[[torch.Tensor], torch.Tensor]
+
+
+def proxy_conditioning(prompt: str) -> list:
+    """The proxy's conditioning for free text; a word outside its vocabulary is a ValueError that lists the
+    vocabulary (the proxy's "text encoder" is a fixed word table, it cannot guess an unknown word)."""
+    try:
+        return proxy.conditioning(prompt)
+    except KeyError as error:
+        words = ", ".join(w for w in scenes.VOCAB if w != scenes.PAD)
+        raise ValueError(f"the flux-proxy demo model does not know {error.args[0].split(': ', 1)[-1]}; "
+                         f"its prompts use only these words: {words}") from None
 
 
 #: family name -> its demo model. Add an entry and every node below offers it.
@@ -46,6 +59,13 @@ FAMILIES: dict[str, DemoFamily] = {
         encode=lambda images: codec.encode(images, sdxl.WEIGHTS),
         decode=lambda latent: codec.decode(latent, sdxl.WEIGHTS),
     ),
+    "flux-proxy": DemoFamily(
+        load=proxy.load_demo_patcher,
+        class_names=lambda: proxy.class_names(include_unconditional=True),
+        conditioning=proxy_conditioning,
+        encode=lambda images: codec.encode(images, proxy.WEIGHTS),
+        decode=lambda latent: codec.decode(latent, proxy.WEIGHTS),
+    ),
 }
 
 
@@ -54,7 +74,9 @@ def _family_input() -> io.Combo.Input:
                           tooltip="Which demo model (128x128 images): 'flux' is a small FLUX.1-dev-class transformer "
                                   "(16-channel latents: EmptySD3LatentImage, cfg 1); 'sdxl' is a small SDXL-class "
                                   "UNet (4-channel latents: EmptyLatentImage, cfg ~5 with 'none' as the negative, "
-                                  "euler/normal). Use the same family on every demo node of a graph.")
+                                  "euler/normal); 'flux-proxy' is a larger FLUX-class model trained on procedural "
+                                  "scenes (free-text prompts over its vocabulary, cfg 1: it draws the scene you "
+                                  "describe). Use the same family on every demo node of a graph.")
 
 
 def _subjects() -> list[str]:
@@ -71,9 +93,11 @@ class FastlaneDemoModelLoader(io.ComfyNode):
             node_id="FastlaneDemoModelLoader",
             display_name="Fastlane Demo Model Loader",
             category=CATEGORY,
-            description="Loads one of Fastlane's embedded demo models: a small FLUX-class model (ComfyUI's own "
-                        "Flux classes) or a small SDXL-class UNet (ComfyUI's own SDXL classes), trained on a few "
-                        "sample images, so whole graphs run on a CPU without downloading weights.",
+            description="Loads one of Fastlane's embedded demo models, so whole graphs run on a CPU without "
+                        "downloading weights: a small FLUX-class model (ComfyUI's own Flux classes) or a small "
+                        "SDXL-class UNet (ComfyUI's own SDXL classes), each trained on 8 photos (blocky patchworks), "
+                        "or the FLUX proxy ('flux-proxy', 7.7M parameters, ComfyUI's Flux) trained on procedural "
+                        "scenes with compositional prompts, which draws recognisable scenes.",
             inputs=[_family_input()],
             outputs=[io.Model.Output(tooltip="The demo diffusion model, ready for KSampler or the Fastlane nodes.")],
         )
@@ -91,21 +115,29 @@ class FastlaneDemoPrompt(io.ComfyNode):
             node_id="FastlaneDemoPrompt",
             display_name="Fastlane Demo Prompt",
             category=CATEGORY,
-            description="The demo model's 'text encoder': conditioning for one of the images it was trained on. "
-                        "'none' is its unconditional prediction (a negative for cfg > 1).",
+            description="The demo model's 'text encoder'. flux/sdxl: conditioning for one of the images it was "
+                        "trained on. flux-proxy: any prompt over its vocabulary (shapes, colours, sizes, places, "
+                        "skies, grounds), e.g. one of its evaluation prompts from 'subject' or free text in 'text'. "
+                        "'none' is the unconditional prediction (a negative for cfg > 1).",
             inputs=[
                 _family_input(),
                 io.Combo.Input("subject", options=subjects, default=subjects[0],
-                               tooltip="What to draw: each subject is one training image."),
+                               tooltip="What to draw. flux/sdxl: each subject is one training image; flux-proxy: "
+                                       "its evaluation prompts (each has a reference render to compare with)."),
+                io.String.Input("text", default="", multiline=True, optional=True,
+                                tooltip="Free-text prompt; when not empty it replaces 'subject'. flux-proxy: any "
+                                        "words of its vocabulary, e.g. 'a large red circle in the centre, night "
+                                        "sky, snowy ground' (an unknown word is an error listing the vocabulary); "
+                                        "flux/sdxl: a subject name."),
             ],
-            outputs=[io.Conditioning.Output(tooltip="Conditioning for the demo model (flux: guidance 3.5 embedded, "
-                                                    "FluxGuidance can change it; sdxl: context, pooled output and "
+            outputs=[io.Conditioning.Output(tooltip="Conditioning for the demo model (flux, flux-proxy: guidance 3.5 "
+                                                    "embedded, FluxGuidance can change it; sdxl: context, pooled output and "
                                                     "the 128x128 size entries, as CLIPTextEncodeSDXL gives).")],
         )
 
     @classmethod
-    def execute(cls, family: str, subject: str) -> io.NodeOutput:
-        return io.NodeOutput(FAMILIES[family].conditioning(subject))
+    def execute(cls, family: str, subject: str, text: str = "") -> io.NodeOutput:
+        return io.NodeOutput(FAMILIES[family].conditioning(text.strip() or subject))
 
 
 class FastlaneDemoDecode(io.ComfyNode):
@@ -115,7 +147,8 @@ class FastlaneDemoDecode(io.ComfyNode):
             node_id="FastlaneDemoDecode",
             display_name="Fastlane Demo Decode",
             category=CATEGORY,
-            description="Decodes demo-model latents to an image with the demo's patch codec (its stand-in VAE).",
+            description="Decodes demo-model latents to an image with the family's patch codec (its stand-in VAE; "
+                        "each demo model has its own).",
             inputs=[
                 _family_input(),
                 io.Latent.Input("samples", tooltip="Latents sampled with the demo model."),

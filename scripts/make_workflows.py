@@ -64,30 +64,37 @@ class Workflow:
 
 
 # -- the workflows -------------------------------------------------------------------------------------------------
-DEMO_SUBJECT = "astronaut"
+DEMO_FAMILY = "flux-proxy"  # the FLUX proxy draws the scene its prompt describes (demo/proxy.py)
+DEMO_SUBJECT = ("a medium yellow star on the left and a small blue square on the right, sunset sky, "
+                "calm water")  # one of demo/scenes.py's EVAL_PROMPTS: it has a reference render
 DEMO_SEED = 42
 DEMO_STEPS = 20
 DEMO_SIZE = 128
+DEMO_FRACTION = 0.3  # Target Speed: the duel in docs/FIDELITY.md found order 2 closest on the proxy at 0.3
 
 
 def demo_compare() -> Workflow:
-    """The embedded demo model sampled twice with the same seed: through a Fastlane cache and plain, each branch
-    measured by a Fastlane Benchmark node, compared by a Fastlane Benchmark Report."""
+    """The FLUX proxy demo model sampled twice with the same seed: through Fastlane Target Speed Cache and plain, each
+    branch measured by a Fastlane Benchmark node, compared by a Fastlane Benchmark Report."""
     note = Node(1, "MarkdownNote", (-420, 40), size=(360, 300), title="Fastlane demo", widgets={"text": (
         "## Fastlane: step caching, measured\n\n"
-        "The **top** branch samples through **Fastlane TaylorSeer Cache** (the transformer runs on every 3rd step; "
-        "the steps between are forecast), the **bottom** branch samples the same model plainly. "
+        f"The **top** branch samples through **Fastlane Target Speed Cache** (the transformer runs on "
+        f"{DEMO_FRACTION:.0%} of the steps; the steps between are forecast by a Taylor series of order 2), the "
+        "**bottom** branch samples the same model plainly. "
         "Both use the same seed, and each passes a **Fastlane Benchmark** node right before its sampler.\n\n"
         "**Fastlane Benchmark Report** shows the per-step latency, the speed-up and how far the image moved "
         "(PSNR/SSIM against the plain branch).\n\n"
-        "The demo model is tiny and runs on a CPU. For FLUX, replace the three demo nodes with "
+        "The demo model (*flux-proxy*: ComfyUI's Flux at 7.7M parameters, trained on procedural scenes) runs on a "
+        "CPU; change the prompt's *text* to any scene over its words (shapes, colours, sizes, places, skies, "
+        "grounds). For FLUX, replace the three demo nodes with "
         "*Load Diffusion Model*, *CLIP Text Encode* and *VAE Decode*.")})
-    loader = Node(2, "FastlaneDemoModelLoader", (0, 40), widgets={"family": "flux"})
-    prompt = Node(3, "FastlaneDemoPrompt", (0, 200), widgets={"family": "flux", "subject": DEMO_SUBJECT})
+    loader = Node(2, "FastlaneDemoModelLoader", (0, 40), widgets={"family": DEMO_FAMILY})
+    prompt = Node(3, "FastlaneDemoPrompt", (0, 200), size=(320, 160),
+                  widgets={"family": DEMO_FAMILY, "subject": DEMO_SUBJECT, "text": ""})
     negative = Node(4, "ConditioningZeroOut", (0, 380), links={"conditioning": prompt.out()})
     latent = Node(5, "EmptySD3LatentImage", (0, 480), widgets={"width": DEMO_SIZE, "height": DEMO_SIZE, "batch_size": 1})
-    cache = Node(6, "FastlaneTaylorSeer", (360, 40), links={"model": loader.out()},
-                 widgets={"interval": 3, "order": 2, "warmup_steps": 2, "granularity": "auto", "start": 0.0,
+    cache = Node(6, "FastlaneTargetSpeedCache", (360, 40), links={"model": loader.out()},
+                 widgets={"compute_fraction": DEMO_FRACTION, "order": 2, "granularity": "auto", "start": 0.0,
                           "end": 1.0})
     bench_fast = Node(7, "FastlaneBenchmark", (720, 40), links={"model": cache.out()}, widgets={"label": "fastlane"})
     bench_base = Node(8, "FastlaneBenchmark", (720, 660), links={"model": loader.out()}, widgets={"label": "baseline"})
@@ -98,8 +105,10 @@ def demo_compare() -> Workflow:
     ks_base = Node(10, "KSampler", (1080, 660), widgets=sampler, title="KSampler (baseline)",
                    links={"model": bench_base.out(), "positive": prompt.out(), "negative": negative.out(),
                           "latent_image": latent.out()})
-    dec_fast = Node(11, "FastlaneDemoDecode", (1440, 40), links={"samples": ks_fast.out()}, widgets={"family": "flux"})
-    dec_base = Node(12, "FastlaneDemoDecode", (1440, 660), links={"samples": ks_base.out()}, widgets={"family": "flux"})
+    dec_fast = Node(11, "FastlaneDemoDecode", (1440, 40), links={"samples": ks_fast.out()},
+                    widgets={"family": DEMO_FAMILY})
+    dec_base = Node(12, "FastlaneDemoDecode", (1440, 660), links={"samples": ks_base.out()},
+                    widgets={"family": DEMO_FAMILY})
     save_fast = Node(13, "SaveImage", (1780, 40), size=(300, 340), links={"images": dec_fast.out()},
                      widgets={"filename_prefix": "fastlane/demo_fastlane"})
     save_base = Node(14, "SaveImage", (1780, 660), size=(300, 340), links={"images": dec_base.out()},

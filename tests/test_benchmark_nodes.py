@@ -42,7 +42,7 @@ def test_records_every_step_with_real_time_and_cache_decisions(flux):
     assert result["model"]["cold"] and result["model"]["sampling_s"] > 0
     assert result["fidelity"]["psnr_db"] > 0 and -1 <= result["fidelity"]["ssim"] <= 1
     assert "speed-up" in text and "cache" in text and "LPIPS: not computed" in text
-    assert plot.shape == (1, 320, 640, 3) and plot.min() < 1.0
+    assert plot.shape == (1, 400, 800, 3) and plot.min() < 1.0
     # a second run of the same MODEL is recorded as warm
     sample(fast, steps=8, size=64)
     out = NODE["FastlaneBenchmarkReport"].execute(model=fast, image=as_image(latent))
@@ -100,3 +100,43 @@ def test_time_comfyui_spends_loading_weights_is_reported_apart_from_sampling(flu
     assert model["load_s"] >= 0.3 and abs(model["sampling_s"] - (wall - model["load_s"])) < 1e-3
     assert result["reference"]["load_s"] < 0.3
     assert f"loading: ComfyUI spent {model['load_s']:.2f} s" in text
+
+
+def test_the_plot_is_labelled_and_its_title_carries_the_speed_up_and_psnr(flux, monkeypatch):
+    """matplotlib draws it (axis labels with units, computed and cached calls in the legend, the speed-up and PSNR
+    in the title); without matplotlib the PIL fallback still gives an image of the same size."""
+    import builtins
+
+    from matplotlib.axes import Axes
+
+    cached = NODE["FastlaneTargetSpeedCache"].execute(model=flux, compute_fraction=0.5, order=1, granularity="auto",
+                                                      start=0.0, end=1.0).result[0]
+    base, fast = bench(flux, "baseline"), bench(cached, "target")
+    ref_latent, latent = sample(base, steps=6, size=32), sample(fast, steps=6, size=32)
+    drawn: dict[str, list] = {"title": [], "xlabel": [], "ylabel": [], "legend": []}
+    for name in ("title", "xlabel", "ylabel"):
+        original = getattr(Axes, f"set_{name}")
+        monkeypatch.setattr(Axes, f"set_{name}", lambda self, text, *a, _o=original, _n=name, **k: (
+            drawn[_n].append(text), _o(self, text, *a, **k))[1])
+    original_legend = Axes.legend
+    monkeypatch.setattr(Axes, "legend", lambda self, *a, **k: (
+        drawn["legend"].append(self.get_legend_handles_labels()[1]), original_legend(self, *a, **k))[1])
+
+    def report():
+        return NODE["FastlaneBenchmarkReport"].execute(model=fast, image=as_image(latent), reference_model=base,
+                                                       reference_image=as_image(ref_latent)).result
+
+    _, plot, data = report()
+    result = json.loads(data)
+    assert plot.shape == (1, 400, 800, 3) and plot.min() < 0.5
+    (title,) = drawn["title"]
+    assert f"{result['speedup_sampling']}x faster" in title and f"PSNR {result['fidelity']['psnr_db']:.1f} dB" in title
+    assert drawn["xlabel"] == ["sampling step"] and drawn["ylabel"] == ["ms per model call"]
+    (labels,) = drawn["legend"]
+    assert labels == ["target: computed (3)", "target: from cache (3)", "baseline: every call computed (6)"]
+
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (
+        (_ for _ in ()).throw(ImportError(name)) if name.startswith("matplotlib") else real_import(name, *a, **k)))
+    _, fallback, _ = report()
+    assert fallback.shape == (1, 400, 800, 3) and fallback.min() < 0.5

@@ -83,7 +83,7 @@ def test_each_template_loads_with_our_nodes_and_widgets(ui):
 def test_a_missing_node_is_reported_by_the_page(ui):
     # The control for the test above: a workflow naming a node nobody has gets the frontend's warning.
     workflow = json.loads((WORKFLOWS / "fastlane-demo-compare.json").read_text())
-    next(n for n in workflow["nodes"] if n["type"] == "FastlaneTaylorSeer")["type"] = "FastlaneNoSuchNode"
+    next(n for n in workflow["nodes"] if n["type"] == "FastlaneTargetSpeedCache")["type"] = "FastlaneNoSuchNode"
     ui.close_dialogs()
     ui.load_graph(workflow)
     warnings = [t for t in ui.dialog_texts() if "missing" in t.lower()]

@@ -130,3 +130,50 @@ def test_encode_node_round_trips_for_img2img(demo, references, graph):
     coffee = demo.model.class_names().index("coffee")
     mse = ((second[0][None] - references) ** 2).mean(dim=(1, 2, 3))
     assert mse.argmin().item() == coffee
+
+
+def proxy_graph(prompts: list[str], seed: int = SEED, steps: int = 20) -> dict:
+    """The FLUX proxy through the same core graph: loader -> prompt (free text) -> EmptySD3LatentImage -> KSampler
+    (euler/simple, cfg 1, the zeroed prompt as the unused negative, as the demo workflow has it) -> decode."""
+    family = {"family": "flux-proxy"}
+    prompt = {
+        "loader": {"class_type": "FastlaneDemoModelLoader", "inputs": family},
+        "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
+    }
+    for i, text in enumerate(prompts):
+        prompt[f"prompt_{i}"] = {"class_type": "FastlaneDemoPrompt",
+                                 "inputs": {**family, "subject": "none", "text": text}}
+        prompt[f"negative_{i}"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": [f"prompt_{i}", 0]}}
+        prompt[f"sample_{i}"] = {"class_type": "KSampler", "inputs": {
+            "model": ["loader", 0], "positive": [f"prompt_{i}", 0], "negative": [f"negative_{i}", 0],
+            "latent_image": ["latent", 0], "seed": seed, "steps": steps, "cfg": 1.0, "sampler_name": "euler",
+            "scheduler": "simple", "denoise": 1.0}}
+        prompt[f"decode_{i}"] = {"class_type": "FastlaneDemoDecode", "inputs": {**family, "samples": [f"sample_{i}", 0]}}
+        prompt[f"preview_{i}"] = {"class_type": "PreviewImage", "inputs": {"images": [f"decode_{i}", 0]}}
+    return prompt
+
+
+def test_proxy_through_a_core_ksampler_graph_draws_its_prompts_recognisably(graph):
+    """Two evaluation prompts, typed as free text: each image is >= 15 dB PSNR from its prompt's reference render
+    and nearer to it than to any other evaluation prompt's."""
+    from fastlane.demo import scenes
+
+    chosen = [0, 1]
+    result = graph.run(proxy_graph([scenes.EVAL_PROMPTS[i] for i in chosen]))
+    images = torch.cat([result["outputs"][f"decode_{k}"][0] for k in range(len(chosen))])
+    assert images.shape == (len(chosen), SIZE, SIZE, 3)
+    refs = scenes.eval_references(SIZE)
+    psnr = -10 * torch.log10(((images[:, None] - refs[None]) ** 2).mean(dim=(2, 3, 4)))  # (generated, reference)
+    for k, i in enumerate(chosen):
+        assert psnr[k, i] >= 15 and psnr[k].argmax().item() == i, f"PSNR generated x reference:\n{psnr}"
+
+
+def test_proxy_prompt_names_its_vocabulary_for_an_unknown_word():
+    import nodes
+
+    prompt = nodes.NODE_CLASS_MAPPINGS["FastlaneDemoPrompt"]
+    [[context, options]] = prompt.execute(family="flux-proxy", subject="none",
+                                          text="a small blue star on the left, day sky, calm water").result[0]
+    assert context.shape[0] == 1 and options["guidance"] == 3.5
+    with pytest.raises(ValueError, match="dragon.*only these words: a, and, on"):
+        prompt.execute(family="flux-proxy", subject="none", text="a red dragon")

@@ -127,10 +127,10 @@ def upstream(prompt: dict, node_id: str) -> dict:
     return {i: n for i, n in prompt.items() if i in keep}
 
 
-def test_out_of_range_interval_is_rejected_by_comfyui_validation(comfy_server):
+def test_out_of_range_compute_fraction_is_rejected_by_comfyui_validation(comfy_server):
     prompt = demo_prompt()
-    cache_id, cache = next((i, n) for i, n in prompt.items() if "interval" in n["inputs"])
-    cache["inputs"]["interval"] = 0
+    cache_id, cache = next((i, n) for i, n in prompt.items() if "compute_fraction" in n["inputs"])
+    cache["inputs"]["compute_fraction"] = 0.0
     saves = {n["inputs"]["filename_prefix"]: i for i, n in prompt.items() if n["class_type"] == "SaveImage"}
     cached_branch = upstream(prompt, saves["fastlane/demo_fastlane"])
     assert cache_id in cached_branch
@@ -147,10 +147,11 @@ def test_out_of_range_interval_is_rejected_by_comfyui_validation(comfy_server):
     assert e.node_errors[cache_id]["dependent_outputs"] == [saves["fastlane/demo_fastlane"]]
     (error,) = e.node_errors[cache_id]["errors"]
     assert error["type"] == "value_smaller_than_min"
-    assert error["message"] == "Value 0 smaller than min of 1"
-    assert error["details"] == "interval"
-    assert error["extra_info"]["input_name"] == "interval" and error["extra_info"]["received_value"] == 0
-    assert e.messages() == [f"{cache['class_type']} interval: Value 0 smaller than min of 1: interval"]
+    assert error["message"] == "Value 0.0 smaller than min of 0.05"
+    assert error["details"] == "compute_fraction"
+    assert error["extra_info"]["input_name"] == "compute_fraction" and error["extra_info"]["received_value"] == 0
+    assert e.messages() == [f"{cache['class_type']} compute_fraction: Value 0.0 smaller than min of 0.05: "
+                            "compute_fraction"]
 
     # in the whole demo graph the baseline branch is still valid: ComfyUI queues it (HTTP 200), drops the outputs
     # fed by the bad node and names them in node_errors

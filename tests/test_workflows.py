@@ -227,6 +227,8 @@ def test_demo_workflow_runs_in_comfyui(graph, tmp_path, monkeypatch):
     if cache["class_type"] == "FastlaneTaylorSeer":
         interval, warmup = cache["inputs"]["interval"], cache["inputs"]["warmup_steps"]
         assert set(range(warmup)) <= set(computed) and len(computed) <= warmup + -(-steps // interval)
+    if cache["class_type"] == "FastlaneTargetSpeedCache":
+        assert len(computed) == round(cache["inputs"]["compute_fraction"] * steps)  # exactly the asked fraction
     assert report["reference"]["computed_steps"] is None  # the baseline computes every step
     assert len(report["runs"]["model"]["calls"]) == steps
     assert report["fidelity"]["psnr_db"] > 15, report["fidelity"]  # close to the baseline image
