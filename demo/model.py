@@ -42,18 +42,18 @@ CONTEXT_TOKENS = 8
 DEFAULT_GUIDANCE = 3.5
 
 
-def model_config(dtype: torch.dtype = torch.float32, manual_cast_dtype: torch.dtype | None = None
-                 ) -> comfy.supported_models.Flux:
-    """ComfyUI's own FLUX.1-dev model config class, with the demo's sizes."""
-    config = comfy.supported_models.Flux(dict(UNET_CONFIG))
+def model_config(dtype: torch.dtype = torch.float32, manual_cast_dtype: torch.dtype | None = None,
+                 unet_config: dict | None = None) -> comfy.supported_models.Flux:
+    """ComfyUI's own FLUX.1-dev model config class, with the demo's sizes (or ``unet_config``'s: the proxy's)."""
+    config = comfy.supported_models.Flux(dict(unet_config or UNET_CONFIG))
     config.set_inference_dtype(dtype, manual_cast_dtype)
     return config
 
 
 def build_model(dtype: torch.dtype = torch.float32, manual_cast_dtype: torch.dtype | None = None,
-                device: torch.device | None = None) -> comfy.model_base.Flux:
+                device: torch.device | None = None, unet_config: dict | None = None) -> comfy.model_base.Flux:
     """An untrained ``comfy.model_base.Flux`` (ComfyUI leaves its weights uninitialised: load or initialise them)."""
-    return model_config(dtype, manual_cast_dtype).get_model({}, "", device=device)
+    return model_config(dtype, manual_cast_dtype, unet_config).get_model({}, "", device=device)
 
 
 def load_demo_patcher(path: str | Path | None = None, dtype: torch.dtype | None = None

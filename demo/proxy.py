@@ -34,7 +34,7 @@ import comfy.model_base
 import comfy.model_patcher
 import comfy.supported_models
 
-from . import scenes, weights_file
+from . import model as demo_model, scenes, weights_file
 from .codec import PatchCodec
 from .weights_file import MODEL_PREFIX, UNCONDITIONAL
 
@@ -71,18 +71,10 @@ TEXT_KEYS = (TOKEN_KEY, POSITION_KEY, POOL_KEY)
 VOCAB_METADATA = "fastlane.vocabulary"
 
 
-def model_config(dtype: torch.dtype = torch.float32, manual_cast_dtype: torch.dtype | None = None
-                 ) -> comfy.supported_models.Flux:
-    """ComfyUI's own FLUX.1-dev model config class, with the proxy's sizes."""
-    config = comfy.supported_models.Flux(dict(UNET_CONFIG))
-    config.set_inference_dtype(dtype, manual_cast_dtype)
-    return config
-
-
 def build_model(dtype: torch.dtype = torch.float32, manual_cast_dtype: torch.dtype | None = None,
                 device: torch.device | None = None) -> comfy.model_base.Flux:
-    """An untrained ``comfy.model_base.Flux`` (ComfyUI leaves its weights uninitialised: load or initialise them)."""
-    return model_config(dtype, manual_cast_dtype).get_model({}, "", device=device)
+    """An untrained proxy: the demo's ``comfy.model_base.Flux`` builder at the proxy's sizes."""
+    return demo_model.build_model(dtype, manual_cast_dtype, device, UNET_CONFIG)
 
 
 def load_demo_patcher(path: str | Path | None = None, dtype: torch.dtype | None = None

@@ -8,6 +8,18 @@ def pytest_configure(config):
 
 
 @pytest.fixture
+def fresh_dynamo():
+    """A clean dynamo for a test that counts compiled graphs (opt in with ``pytest.mark.usefixtures``)."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.fixture
 def graph() -> GraphRunner:
     """A fresh ComfyUI PromptExecutor (fresh node-output cache) for one test."""
     return GraphRunner()

@@ -18,6 +18,8 @@ NODE = nodes.NODE_CLASS_MAPPINGS
 ALL = dict(start=0.0, end=1.0)
 logging.getLogger("fastlane").setLevel(logging.INFO)
 
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")  # each test compiles from a clean dynamo
+
 
 def compiled(model, scope="regional", backend="eager", mode="default", dynamic="auto", fullgraph=True, **kw):
     return NODE["FastlaneCompile"].execute(model=model, scope=scope, backend=backend, mode=mode, dynamic=dynamic,
@@ -49,14 +51,6 @@ def graph_breaks() -> int:
 
 def close(a, b, tol=1e-4):
     return torch.allclose(a, b, atol=tol, rtol=tol)
-
-
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    yield
-    torch._dynamo.reset()
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,8 @@ MAIN = {"qwen_image": "transformer_blocks.0.attn.to_q", "wan21": "blocks.1.ffn.0
         "z_image": "layers.1.feed_forward.w1", "hunyuan_video": "single_blocks.1.linear1",
         "chroma": "double_blocks.0.img_attn.qkv"}
 
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")  # each test compiles from a clean dynamo
+
 
 # ---- helpers ---------------------------------------------------------------------------------------------------------
 
@@ -88,22 +90,6 @@ def compiler_of(model):
     from fastlane.compilers.engine import compiler_of
 
     return compiler_of(model)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    yield
-    torch._dynamo.reset()
 
 
 @pytest.fixture(scope="module")
