@@ -1,10 +1,13 @@
 """The torchao quantization node: MODEL in, a model of its own with quantized Linear copies out. Mechanism:
-quantizers/patching.py and quantizers/model_copy.py."""
+quantizers/patching.py and quantizers/model_copy.py. The save node writes such a MODEL (fp8 schemes) in ComfyUI's own
+fp8 checkpoint layout: quantizers/export.py."""
 from __future__ import annotations
+
+import os
 
 from comfy_api.latest import io
 
-from ..quantizers import filters, patching, schemes
+from ..quantizers import export, filters, patching, schemes
 
 CATEGORY = "fastlane/speed"
 
@@ -65,4 +68,45 @@ class FastlaneQuantize(io.ComfyNode):
         return io.NodeOutput(patched, text, ui={"text": [text]})
 
 
-NODES = [FastlaneQuantize]
+class FastlaneSaveQuantized(io.ComfyNode):
+    # ComfyUI's V3 DESCRIPTION (the node's help text) is the schema's description
+    SUMMARY = ("Save a MODEL quantized by Fastlane Quantize (fp8_scaled_mm or fp8_scaled_mm_exact) as a "
+               ".safetensors in models/diffusion_models, in ComfyUI's own mixed-precision fp8 layout: Load "
+               "Diffusion Model reads it back with fp8 weights and their per-row scales, without quantizing "
+               "again. ComfyUI computes these Linears by dequantizing the weight per call (fp8 memory, 16-bit "
+               "matmuls); for the fp8 matmuls, run the loaded model through Fastlane Quantize again.")
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FastlaneSaveQuantized",
+            display_name="Fastlane Save Quantized",
+            category=CATEGORY,
+            description=cls.SUMMARY,
+            is_output_node=True,
+            inputs=[
+                io.Model.Input("model", tooltip="A MODEL from Fastlane Quantize with an fp8 scheme (fp8_scaled_mm, "
+                                                "fp8_scaled_mm_exact). It is only read, never changed."),
+                io.String.Input("filename_prefix", default="fastlane/flux_fp8_scaled",
+                                tooltip="File name under models/diffusion_models (a subfolder may be given); a "
+                                        "counter and .safetensors are appended."),
+            ],
+            outputs=[io.String.Output(display_name="report", tooltip="The file written and what it holds.")],
+        )
+
+    @classmethod
+    def execute(cls, model, filename_prefix: str) -> io.NodeOutput:
+        import folder_paths
+
+        export.fp8_linears(model)  # the clear error before any file is made
+        root = folder_paths.get_folder_paths("diffusion_models")[0]
+        folder, name, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, root)
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"{name}_{counter:05}_.safetensors")
+        summary = export.save(model, path)
+        text = (f"Fastlane Save Quantized: wrote {os.path.relpath(path, root)} in models/diffusion_models: {summary}. "
+                "Load it with Load Diffusion Model (weight_dtype default).")
+        return io.NodeOutput(text, ui={"text": [text]})
+
+
+NODES = [FastlaneQuantize, FastlaneSaveQuantized]

@@ -101,6 +101,15 @@ def few_rows_mode(mode: str, fp8_scheme: bool, few_row_share: float) -> str:
     return mode
 
 
+def is_linear(module: torch.nn.Module) -> bool:
+    """A torch Linear, or the Linear of ComfyUI's mixed-precision fp8 checkpoints (``comfy.ops.mixed_precision_ops``,
+    a plain Module holding a ``QuantizedTensor`` weight: a file written by Fastlane Save Quantized, loaded back)."""
+    if isinstance(module, torch.nn.Linear):
+        return True
+    return (type(module).__name__ == "Linear" and type(module).__qualname__.startswith("mixed_precision_ops.")
+            and hasattr(module, "in_features") and getattr(module, "weight", None) is not None)
+
+
 def select(diffusion_model: torch.nn.Module, preset: str = "none", regex: str = "", fp8: bool = False,
            few_rows: str = "auto",
            original: Callable[[str, torch.nn.Module], torch.nn.Module] = lambda name, module: module) -> Selection:
@@ -110,7 +119,7 @@ def select(diffusion_model: torch.nn.Module, preset: str = "none", regex: str = 
         raise ValueError(f"filter must be one of {PRESETS}, not '{preset}'")
     linears = [(name, module) for name, module in
                ((name, original(name, module)) for name, module in diffusion_model.named_modules())
-               if isinstance(module, torch.nn.Linear)]
+               if is_linear(module)]
     few_row_names = {name for name, _ in linears if FEW_ROWS.search(name)}
     few_row_numel = sum(m.weight.numel() for name, m in linears if name in few_row_names)
     few_rows = few_rows_mode(few_rows, fp8, few_row_numel / max(1, sum(m.weight.numel() for _, m in linears)))
