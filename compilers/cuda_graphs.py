@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..faults import FREE_VRAM, OOM_ERRORS, FastlaneOutOfMemory, first_line, free_memory, is_oom
 from . import engine, families
 from .call_wrappers import (CUDA_GRAPH_KEY, GRAPH_FN_KEY, RunNotes, install_call_wrappers, transformer_options_of,
                             wrapper_owner)
@@ -170,16 +171,16 @@ class CudaGraphRecorder:
             return out
         recording = self._recordings[signature]
         if recording is None:
+            oom = None
             try:
                 recording = self._record_call(forward, args, kwargs, options, tensors, run)
             except Exception as e:  # noqa: BLE001  (recording can fail in code we do not own: run it as it was)
-                self._failed.add(signature)
-                run.note(f"a call could not be recorded, it runs without a CUDA graph ({type(e).__name__}: "
-                         f"{str(e)[:200]})")
-                log.warning("Fastlane CUDA graph: recording failed, running eagerly: %s. A failed recording can "
-                            "leave torch's CUDA state unusable for later compiles in this process: if errors follow, "
-                            "restart ComfyUI and bypass Fastlane CUDA Graph for this graph", e)
-                return forward(*args, **kwargs)
+                if not is_oom(e):
+                    self._failed.add(signature)
+                    return self._run_after_failed_recording(forward, args, kwargs, run, e)
+                oom = first_line(e)  # only text: the traceback's frames hold the failed recording's memory
+            if oom is not None:
+                return self._run_after_oom(forward, args, kwargs, run, signature, oom)
             self._recordings[signature] = recording
         else:
             for static, new in zip(recording.inputs, tensors):
@@ -189,6 +190,44 @@ class CudaGraphRecorder:
         for name, tensor in recording.side_outputs.items():
             options[name] = tensor.clone()
         return recording.output.clone()
+
+    @staticmethod
+    def _run_after_failed_recording(forward: Callable, args: tuple, kwargs: dict, run: GraphRunStats,
+                                    e: Exception):
+        """Any other failure: the call runs as it was (recording can fail in code we do not own)."""
+        run.note(f"a call could not be recorded, it runs without a CUDA graph ({type(e).__name__}: "
+                 f"{str(e)[:200]})")
+        log.warning("Fastlane CUDA graph: recording failed, running eagerly: %s. A failed recording can "
+                    "leave torch's CUDA state unusable for later compiles in this process: if errors follow, "
+                    "restart ComfyUI and bypass Fastlane CUDA Graph for this graph", e)
+        return forward(*args, **kwargs)
+
+    def _run_after_oom(self, forward: Callable, args: tuple, kwargs: dict, run: GraphRunStats, signature: tuple,
+                       what: str):
+        """An OOM while recording falls back to the unrecorded call, as any failed recording does, rather than
+        failing the prompt: the sampler may be well into its run, and a recording needs memory the plain call does
+        not (its own copy of the call's inputs and activations, kept in the graph's pool). This recorder's graphs are
+        dropped as well, freeing their pool for the rest of the run; this signature is not recorded again (until the
+        model reloads or more signatures start the recorder over). If the plain call runs out too, the model does
+        not fit at this size: raised as a FastlaneOutOfMemory saying so."""
+        self.reset()  # the graphs' pool: given back for the calls that now run eagerly
+        self._failed.add(signature)
+        message = (f"the GPU ran out of memory recording a CUDA graph ({what}): graphs dropped, this call signature "
+                   f"runs without a CUDA graph. A recording keeps its own copy of the call's activations; to record, "
+                   f"use a smaller resolution or batch, {FREE_VRAM}; or bypass Fastlane CUDA Graph")
+        run.note(message)
+        log.warning("Fastlane CUDA graph: %s", message)
+        free_memory()
+        failure = None
+        try:
+            return forward(*args, **kwargs)
+        except OOM_ERRORS as e:  # raised below, once the traceback (whose frames hold the activations) is gone
+            failure = first_line(e)
+        free_memory()
+        raise FastlaneOutOfMemory(
+            f"Fastlane CUDA Graph: the GPU ran out of memory recording a graph ({what}) and again running the call "
+            f"without one ({failure}): the model does not fit at this resolution and batch. Try a smaller "
+            f"resolution or batch, {FREE_VRAM}; the received MODEL is unchanged.")
 
     def _record_call(self, forward: Callable, args: tuple, kwargs: dict, options: dict,
                      tensors: list[torch.Tensor], run: GraphRunStats) -> Recording:

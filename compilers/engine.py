@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..faults import FREE_VRAM, OOM_ERRORS, FastlaneOutOfMemory, first_line, free_memory, is_oom
 from . import families, regions
 from .call_wrappers import COMPILE_FN_KEY, COMPILE_KEY, CUDA_GRAPH_KEY, RunNotes, install_call_wrappers, wrapper_owner
 from .progress import FirstCompileProgress
@@ -147,6 +148,7 @@ class Compiler:
         self.progress = FirstCompileProgress()
         self.run: RunStats | None = None
         self.runs: list[RunStats] = []
+        self._eager_after_oom = False  # the rest of this sampling run runs uncompiled (an OOM compiling or running)
 
     # ---- compiled functions -----------------------------------------------------------------------------------
 
@@ -258,6 +260,41 @@ class Compiler:
     # ---- ComfyUI wrappers -----------------------------------------------------------------------------------------
 
     def apply_model_wrapper(self, executor, *args, **kwargs):
+        if self._eager_after_oom:
+            return executor(*args, **kwargs)
+        failure = self._compiled_call(executor, args, kwargs)
+        if not isinstance(failure, _OomFailure):
+            return failure
+        return self._run_uncompiled_after_oom(executor, args, kwargs, failure.text)
+
+    def _run_uncompiled_after_oom(self, executor, args: tuple, kwargs: dict, what: str):
+        """An OOM compiling or in a compiled call falls back to the uncompiled call (a warning, the run's note)
+        instead of failing the prompt: a sampler may be minutes into its run, compiling (inductor's compile workers,
+        autotuning, a new graph's first run) needs memory the eager model does not, and the eager call is what the
+        MODEL computes anyway. The rest of this sampling run stays uncompiled (no new attempt at every step); the
+        next run compiles again. If the uncompiled call runs out too, the model does not fit at this size: that is
+        raised as a FastlaneOutOfMemory saying so."""
+        self._eager_after_oom = True
+        message = (f"the GPU ran out of memory compiling or running the compiled model ({what}): this sampling run "
+                   f"continues uncompiled, the next run compiles again. To compile: a smaller resolution or batch, "
+                   f"{FREE_VRAM}, mode 'default' instead of an autotuning mode; or bypass Fastlane Compile")
+        if self.run:
+            self.run.note(message)
+        log.warning("Fastlane Compile: %s", message)
+        free_memory()
+        failure = None
+        try:
+            return executor(*args, **kwargs)
+        except OOM_ERRORS as e:  # raised below, once the traceback (whose frames hold the activations) is gone
+            failure = first_line(e)
+        free_memory()
+        raise FastlaneOutOfMemory(
+            f"Fastlane Compile: the GPU ran out of memory compiling the model ({what}) and again running it "
+            f"uncompiled ({failure}): the model does not fit at this resolution and batch. Try a smaller resolution "
+            f"or batch, {FREE_VRAM}; the received MODEL is unchanged.")
+
+    def _compiled_call(self, executor, args: tuple, kwargs: dict):
+        """The compiled call's result, or an _OomFailure if it ran out of memory (compiled functions removed)."""
         base = executor.class_obj
         options = _transformer_options(args, kwargs)
         self._prepare_params(base.diffusion_model)
@@ -279,6 +316,10 @@ class Compiler:
         graphs, seconds = _graph_count(), _compile_seconds()
         try:
             return executor(*args, **kwargs)
+        except Exception as e:
+            if not is_oom(e):
+                raise
+            return _OomFailure(first_line(e))  # only text: the traceback's frames hold the failed call's memory
         finally:
             remove()
             options.pop(COMPILE_FN_KEY, None)
@@ -300,6 +341,7 @@ class Compiler:
 
     def outer_sample_wrapper(self, executor, *args, **kwargs):
         self.run = RunStats()
+        self._eager_after_oom = False
         started = time.perf_counter()
         try:
             return executor(*args, **kwargs)
@@ -328,6 +370,12 @@ class Compiler:
                     "calls": last.calls, "graphs": last.graphs, "compile_s": round(last.compile_s, 3),
                     "compiled_calls": last.compiled_calls, "paths": dict(last.paths),
                     "eager_blocks": last.eager_blocks, "notes": list(last.notes)}}
+
+
+@dataclass(frozen=True)
+class _OomFailure:
+    text: str
+
 
 
 def _fully_loaded(region: torch.nn.Module, device) -> bool:

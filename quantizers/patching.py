@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from ..compilers import qkv_fusion
+from ..faults import FREE_VRAM, OOM_ERRORS, FastlaneOutOfMemory, first_line, free_memory
 from . import filters, model_copy, schemes
 from .fp8_scaled import Fp8RowwiseLinear, Fp8Weights
 from .fp8_weight_only import Fp8WeightOnlyLinear
@@ -140,35 +141,57 @@ def quantize(model, scheme_name: str, preset: str = "none", regex: str = "", few
     targets = set(selection.targets)
     copies = {}
     progress = _progress_bar(len(selection.quantized))
-    for name in selection.quantized:
-        path = f"diffusion_model.{name}"
-        original = model.get_model_object(path)
-        tensors = {}
-        for param in ("weight", "bias"):
-            live = getattr(original, param)
-            if live is None:
-                continue
-            key = f"{path}.{param}"
-            weight = _original(model, key, live)
-            linear_before += tensor_bytes(weight)
-            baked += key in model.patches
-            tensors[param] = _patched(model, key, weight, dtype, work_device,
-                                      getattr(original, f"convert_{param}", None))
-            source.patches.pop(key, None)  # baked into the copy: ComfyUI must not apply it again
-        if name in targets:
-            q = _build(scheme, original, tensors["weight"], tensors.get("bias"))
-        else:
-            q = Fp8WeightOnlyLinear(tensors["weight"], tensors.get("bias"))
-        q.to(model.offload_device)
-        linear_after += sum(tensor_bytes(t) for t in q.state_dict().values())
-        copies[path] = q
-        progress.update(1)
-    quantized, copied = model_copy.own_model(source, copies)
+    name, failure = "", None
+    try:
+        for name in selection.quantized:
+            path = f"diffusion_model.{name}"
+            original = model.get_model_object(path)
+            tensors = {}
+            for param in ("weight", "bias"):
+                live = getattr(original, param)
+                if live is None:
+                    continue
+                key = f"{path}.{param}"
+                weight = _original(model, key, live)
+                linear_before += tensor_bytes(weight)
+                baked += key in model.patches
+                tensors[param] = _patched(model, key, weight, dtype, work_device,
+                                          getattr(original, f"convert_{param}", None))
+                source.patches.pop(key, None)  # baked into the copy: ComfyUI must not apply it again
+            if name in targets:
+                q = _build(scheme, original, tensors["weight"], tensors.get("bias"))
+            else:
+                q = Fp8WeightOnlyLinear(tensors["weight"], tensors.get("bias"))
+            q.to(model.offload_device)
+            linear_after += sum(tensor_bytes(t) for t in q.state_dict().values())
+            copies[path] = q
+            progress.update(1)
+        quantized, copied = model_copy.own_model(source, copies)
+    except OOM_ERRORS as e:  # raised below, once the traceback (whose frames hold the new tensors) is gone
+        failure = _out_of_memory(scheme.name, name, len(copies), len(selection.quantized), work_device, e)
+    if failure is not None:
+        copies = tensors = source = q = None  # noqa: F841  (the half-built copy: dropped before freeing)
+        free_memory()
+        raise failure
     quantized.add_wrapper_with_key(_outer_sample(), KEY, _refuse_later_patches(set(selection.quantized)))
     quantized.add_callback_with_key(_on_pre_run(), KEY, _note_offloaded_copies(sorted(selection.quantized)))
     report = Report(scheme.name, selection, linear_before, linear_after, model.model_size(), baked, copied, notes)
     log.info(report.text())
     return quantized, report
+
+
+def _out_of_memory(scheme: str, name: str, done: int, total: int, device, error: BaseException) -> FastlaneOutOfMemory:
+    """Quantize raises on an OOM (no fallback: there is no quantized MODEL to hand on, and a 16-bit one in its place
+    would hide that the graph does not run as built). The half-built copy is dropped before, and the received MODEL
+    was never changed (the copies go into a model of their own), so the same MODEL samples as before."""
+    where = (f"while quantizing {name} (Linear {done + 1} of {total})" if done < total
+             else f"while copying the other weights after the {total} quantized Linears")
+    return FastlaneOutOfMemory(
+        f"Fastlane Quantize ran out of memory {where} with scheme {scheme} on {device}. The received MODEL is "
+        f"unchanged and nothing of the half-built copy is kept. Try: {FREE_VRAM} and run again; or a smaller "
+        f"scheme (int8_weight_only, an fp8 scheme) or a filter that keeps more Linears in 16-bit; or few_row_linears "
+        f"'16-bit' (fewer Linears converted); or bypass Fastlane Quantize. ({first_line(error)})")
+
 
 
 def _progress_bar(total: int):
