@@ -50,3 +50,20 @@ def first_line(error: BaseException) -> str:
     """The first line of an error's text, for a message that quotes it."""
     text = str(error).strip()
     return (text.splitlines()[0] if text else type(error).__name__)[:200]
+
+
+def run_without(node: str, done: str, what: str, call, *args, **kwargs):
+    """The fall-back after an OOM in ``node``'s own work (``done``: what ran out, e.g. "compiling the model"): free
+    the failed attempt's memory and run ``call`` plainly; if that runs out too, the model does not fit at this size,
+    raised as a FastlaneOutOfMemory that says so (``what``: the plain run, e.g. "uncompiled")."""
+    free_memory()
+    failure = None
+    try:
+        return call(*args, **kwargs)
+    except OOM_ERRORS as e:  # raised below, once the traceback (whose frames hold the activations) is gone
+        failure = first_line(e)
+    free_memory()
+    raise FastlaneOutOfMemory(
+        f"{node}: the GPU ran out of memory {done} and again running it {what} ({failure}): the model does not fit "
+        f"at this resolution and batch. Try a smaller resolution or batch, {FREE_VRAM}; the received MODEL is "
+        f"unchanged.")

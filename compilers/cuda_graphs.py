@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..faults import FREE_VRAM, OOM_ERRORS, FastlaneOutOfMemory, first_line, free_memory, is_oom
+from ..faults import FREE_VRAM, first_line, is_oom, run_without
 from . import engine, families
 from .call_wrappers import (CUDA_GRAPH_KEY, GRAPH_FN_KEY, RunNotes, install_call_wrappers, transformer_options_of,
                             wrapper_owner)
@@ -217,17 +217,8 @@ class CudaGraphRecorder:
                    f"use a smaller resolution or batch, {FREE_VRAM}; or bypass Fastlane CUDA Graph")
         run.note(message)
         log.warning("Fastlane CUDA graph: %s", message)
-        free_memory()
-        failure = None
-        try:
-            return forward(*args, **kwargs)
-        except OOM_ERRORS as e:  # raised below, once the traceback (whose frames hold the activations) is gone
-            failure = first_line(e)
-        free_memory()
-        raise FastlaneOutOfMemory(
-            f"Fastlane CUDA Graph: the GPU ran out of memory recording a graph ({what}) and again running the call "
-            f"without one ({failure}): the model does not fit at this resolution and batch. Try a smaller "
-            f"resolution or batch, {FREE_VRAM}; the received MODEL is unchanged.")
+        return run_without("Fastlane CUDA Graph", f"recording a graph ({what})", "without one", forward, *args,
+                           **kwargs)
 
     def _record_call(self, forward: Callable, args: tuple, kwargs: dict, options: dict,
                      tensors: list[torch.Tensor], run: GraphRunStats) -> Recording:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..faults import FREE_VRAM, OOM_ERRORS, FastlaneOutOfMemory, first_line, free_memory, is_oom
+from ..faults import FREE_VRAM, first_line, is_oom, run_without
 from . import families, regions
 from .call_wrappers import COMPILE_FN_KEY, COMPILE_KEY, CUDA_GRAPH_KEY, RunNotes, install_call_wrappers, wrapper_owner
 from .progress import FirstCompileProgress
@@ -281,17 +281,8 @@ class Compiler:
         if self.run:
             self.run.note(message)
         log.warning("Fastlane Compile: %s", message)
-        free_memory()
-        failure = None
-        try:
-            return executor(*args, **kwargs)
-        except OOM_ERRORS as e:  # raised below, once the traceback (whose frames hold the activations) is gone
-            failure = first_line(e)
-        free_memory()
-        raise FastlaneOutOfMemory(
-            f"Fastlane Compile: the GPU ran out of memory compiling the model ({what}) and again running it "
-            f"uncompiled ({failure}): the model does not fit at this resolution and batch. Try a smaller resolution "
-            f"or batch, {FREE_VRAM}; the received MODEL is unchanged.")
+        return run_without("Fastlane Compile", f"compiling the model ({what})", "uncompiled", executor, *args,
+                           **kwargs)
 
     def _compiled_call(self, executor, args: tuple, kwargs: dict):
         """The compiled call's result, or an _OomFailure if it ran out of memory (compiled functions removed)."""
