@@ -38,6 +38,7 @@ PACK_DIR = BENCH_DIR.parent
 sys.path[:0] = [str(BENCH_DIR), str(PACK_DIR / "tests")]
 
 import run as bench  # noqa: E402  (benchmarks/run.py: log, module stand-ins, the environment record)
+import small_card  # noqa: E402
 import workflow_lora  # noqa: E402
 
 WORKFLOWS = PACK_DIR / "workflows" / "api"
@@ -200,6 +201,7 @@ def run_workflow(runner, name: str, args, output_dir: Path, lines: FastlaneLines
     images = []
     for i in range(args.images):
         lines.lines, clock.calls = [], []
+        bench.reset_peak(clock.device)
         strength = strengths[i % len(strengths)] if strengths else None
         if strength is not None:
             workflow_lora.set_strength(prompt, strength)
@@ -217,8 +219,10 @@ def run_workflow(runner, name: str, args, output_dir: Path, lines: FastlaneLines
                        "sampling_s": [round(s, 3) for s in clock.calls],
                        "saved": [{"file": f.name, "bytes": f.stat().st_size} for f in files if f.is_file()],
                        "missing": [f.name for f in files if not f.is_file()],
-                       "fastlane_log": list(lines.lines), "text_outputs": texts})
-        bench.log(f"{name}: image {i + 1}: {images[-1]['image_s']:.2f} s, sampler {images[-1]['sampling_s']}")
+                       "fastlane_log": list(lines.lines), "text_outputs": texts,
+                       "peak_gib": bench.peak_gib(clock.device)})
+        bench.log(f"{name}: image {i + 1}: {images[-1]['image_s']:.2f} s, sampler {images[-1]['sampling_s']}, "
+                  f"peak {images[-1]['peak_gib']} GiB allocated")
     return {"workflow": name, "status": "ok", "images": images}
 
 
@@ -228,6 +232,7 @@ def summary_row(result: dict, baseline: dict | None) -> dict:
     later = images[1:] or images
     row = {"workflow": result["workflow"], "status": result["status"],
            "first_image_s": images[0]["image_s"] if images else None,
+           "peak_gib": max((i.get("peak_gib") or 0 for i in images), default=None) or None,
            "image_s": statistics.median(i["image_s"] for i in later) if later else None,
            "sampling_s": [statistics.median(s) for s in zip(*(i["sampling_s"] for i in later))] if later else []}
     if baseline and len(row["sampling_s"]) == 1 == len(baseline["sampling_s"]) and row["image_s"]:
@@ -241,6 +246,9 @@ def markdown(env: dict, model_files: dict, rows: list[dict], results: list[dict]
            f"- device: {env.get('device_name')} · torch {env['torch']} · ComfyUI {env['comfyui']} · "
            f"date (UTC) {env['date_utc']}",
            f"- command: `{env['command']}`",
+           *([f"- simulated card: {env['simulated_card']['vram_gb']} GB of the {env['simulated_card']['gpu_total_gb']}"
+              f" GB GPU (ComfyUI reserves the rest; torch allocations past it raise OOM; small_card.py)"]
+             if env.get("simulated_card") else []),
            f"- model files (random weights, written in {model_files['written_s']} s, read by the workflows' own "
            f"ComfyUI loaders): " + ", ".join(f"{name} {gib} GiB" for name, gib in model_files["files_gib"].items()),
            f"- {args.images} image(s) per workflow, a new seed each; size/steps as in the files"
@@ -248,11 +256,12 @@ def markdown(env: dict, model_files: dict, rows: list[dict], results: list[dict]
            + (f"; a random LoRA (rank {workflow_lora.RANK}) after the model loader, image i at strength "
               f"{args.lora_strengths} (cycled)" if args.lora_strengths else ""),
            "", "| workflow | status | image 1 s | later images s (median) | sampler s | vs baseline: image | "
-           "vs baseline: sampler |", "|---|---|---:|---:|---:|---:|---:|"]
+           "vs baseline: sampler | peak GiB |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         out.append(f"| {r['workflow']} | {r['status'][:60]} | {r['first_image_s'] or '–'} | {r['image_s'] or '–'} | "
                    f"{' + '.join(f'{x:.3f}' for x in r['sampling_s']) or '–'} | "
-                   f"{r.get('vs_baseline_image', '–')} | {r.get('vs_baseline_sampling', '–')} |")
+                   f"{r.get('vs_baseline_image', '–')} | {r.get('vs_baseline_sampling', '–')} | "
+                   f"{r.get('peak_gib') or '–'} |")
     out += ["", "Fastlane's log of each workflow's first image:"]
     for res in results:
         first = res["images"][0]["fastlane_log"] if res["images"] else []
@@ -272,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lora-strengths", type=lambda text: [float(x) for x in text.split(",")], default=None,
                    help="add a random LoRA after each workflow's model loader (workflow_lora.py), image i at the "
                         "i-th of these strengths (cycled), e.g. 1,1,0.5,0.5: what a LoRA strength change costs")
+    p.add_argument("--vram-gb", type=float, default=None,
+                   help="simulate a card with this much VRAM on a larger GPU (small_card.py): ComfyUI reserves the "
+                        "rest (its --reserve-vram) and torch may allocate no more (a real OOM past it)")
     p.add_argument("--out", type=Path, default=Path("out/workflows"))
     args = p.parse_args(argv)
     names = [n.strip() for n in args.workflows.split(",") if n.strip()]
@@ -293,10 +305,14 @@ def main(argv: list[str] | None = None) -> int:
     lines = FastlaneLines()
     logging.getLogger().addHandler(lines)
     device = mm.get_torch_device()
+    card = small_card.simulate(args.vram_gb, device) if args.vram_gb else None
     root = comfy_host.comfyui_path()
     env = bench.environment(device, {"version": bench.comfyui_version(root), "path": str(root),
                                      "stubbed_modules": stubbed})
     bench.log(f"device {env.get('device_name')}, torch {env['torch']}, ComfyUI {env['comfyui']}")
+    if card:
+        env["simulated_card"] = card
+        bench.log(f"simulated card: {card}")
 
     scratch = Path(tempfile.mkdtemp(prefix="fastlane_workflows_"))
     folder_paths.set_output_directory(str(scratch / "output"))

@@ -28,6 +28,8 @@ WORKFLOWS_DIR = PACK_DIR / "workflows"
 
 #: Node types that exist only in the frontend (never sent to the server).
 UI_ONLY_TYPES = {"Note", "MarkdownNote"}
+#: The frontend's mode of a muted node (Ctrl+M; "Never"): drawn, kept in the file, not queued.
+MUTED = 2
 #: Input types the frontend draws as widgets (anything else is a socket).
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
@@ -44,6 +46,7 @@ class Node:
     size: tuple[float, float] | None = None
     color: str | None = None
     bgcolor: str | None = None
+    mode: int = 0  # the frontend's node mode: 0 runs, 2 muted ("never": not sent to the server until switched on)
 
     def out(self, slot: int = 0) -> tuple[Node, int]:
         return (self, slot)
@@ -253,11 +256,13 @@ def sdxl_fastest() -> Workflow:
 
 
 def _compare(accelerated: Workflow, name: str, title: str, note: str,
-             base_model: tuple[Node, int] | None = None, base_y: float = 900) -> Workflow:
+             base_model: tuple[Node, int] | None = None, base_y: float = 900,
+             native: Callable[[list[Node]], tuple[list[Node], tuple[Node, int], str]] | None = None) -> Workflow:
     """``accelerated`` and its plain twin (same loaders, prompt and seed) as two branches, each through a Fastlane
     Benchmark node before its KSampler, compared by a Fastlane Benchmark Report. ``base_model``: where the plain
     branch takes its MODEL (default: the loader; a family's sampling-shift node where it has one); ``base_y``: the
-    height of the plain branch on the canvas."""
+    height of the plain branch on the canvas. ``native(shared nodes) -> (nodes, MODEL, label)``: ComfyUI's own fast
+    path as a third branch, muted (the user switches it on), with its own report against the same baseline."""
     by_id = {n.id: n for n in accelerated.nodes}
     fast_sampler, fast_decode = by_id[20], by_id[21]
     shared = [n for n in accelerated.nodes if n.id < 20 and n.type != "MarkdownNote"]
@@ -283,12 +288,76 @@ def _compare(accelerated: Workflow, name: str, title: str, note: str,
                      links={"images": report.out(1)}, widgets={"filename_prefix": f"fastlane/{name}_plot"})
     nodes = [_note(title, note), *shared, bench_fast, fast_sampler, fast_decode, save_fast, bench_base, base_sampler,
              base_decode, save_base, report, show, save_plot]
-    return Workflow(name, nodes, groups=[
-        Group("Fastlane", [n for n in shared if n.type.startswith("Fastlane")] + [bench_fast, fast_sampler,
-                                                                                 fast_decode, save_fast], "#3f789e"),
-        Group("Baseline (plain)", [bench_base, base_sampler, base_decode, save_base], "#8A8A8A")])
+    groups = [Group("Fastlane", [n for n in shared if n.type.startswith("Fastlane")] + [bench_fast, fast_sampler,
+                                                                                      fast_decode, save_fast], "#3f789e"),
+              Group("Baseline (plain)", [bench_base, base_sampler, base_decode, save_base], "#8A8A8A")]
+    if native is not None:
+        branch = _native_branch(native(shared), name, base_sampler, fast_decode.links["vae"], bench_base,
+                                base_decode, base_y + 900)
+        nodes += branch
+        groups.append(Group(NATIVE_GROUP, branch, "#8A6A3A"))
+    return Workflow(name, nodes, groups=groups)
 
 
+NATIVE_GROUP = "ComfyUI's own fast path (muted: select this group, Ctrl+M to switch it on)"
+
+
+def _native_branch(native: tuple[list[Node], tuple[Node, int], str], name: str, base_sampler: Node,
+                   vae: tuple[Node, int], bench_base: Node, base_decode: Node, y: float) -> list[Node]:
+    """ComfyUI's own fast path sampled a third time, muted: its nodes (ids 40-), a Fastlane Benchmark labelled
+    ``label``, KSampler, decode, save, and a Benchmark Report against the same plain baseline as Fastlane's."""
+    made, model, label = native
+    bench = Node(50, "FastlaneBenchmark", (1140, y), links={"model": model}, widgets={"label": label})
+    sampler = Node(51, "KSampler", (1500, y), title=f"KSampler ({label})",
+                   links={**base_sampler.links, "model": bench.out()}, widgets=dict(base_sampler.widgets))
+    decode = Node(52, "VAEDecode", (1860, y), links={"samples": sampler.out(), "vae": vae})
+    save = Node(53, "SaveImage", (2100, y), size=(400, 440), links={"images": decode.out()},
+                widgets={"filename_prefix": f"fastlane/{name}_native"})
+    report = Node(54, "FastlaneBenchmarkReport", (1860, y + 520), size=(280, 140), title=f"Benchmark report ({label})",
+                  links={"model": bench.out(), "image": decode.out(), "reference_model": bench_base.out(),
+                         "reference_image": base_decode.out()})
+    show = Node(55, "PreviewAny", (2540, y), size=(560, 420), title=f"Benchmark report ({label})",
+                links={"source": report.out(0)})
+    for node in made:
+        node.pos = (node.pos[0], y)
+    branch = [*made, bench, sampler, decode, save, report, show]
+    for node in branch:
+        node.mode = MUTED
+    return branch
+
+
+def _native_fp8_compiled(loader_type: str, shift: float | None = None) -> Callable:
+    """The fastest native stack a ComfyUI user has for a DiT (docs/BENCHMARKS.md, issue 20): the same diffusion model
+    file loaded again with weight_dtype ``fp8_e4m3fn_fast`` (fp8 weights and matmuls), then core TorchCompileModel;
+    a family's ModelSamplingAuraFlow shift in between where it has one."""
+    def build(shared: list[Node]) -> tuple[list[Node], tuple[Node, int], str]:
+        loader = next(n for n in shared if n.type == loader_type)
+        native_loader = Node(40, loader_type, (0, 0), title="Load Diffusion Model (fp8_e4m3fn_fast)",
+                             widgets={**loader.widgets, "weight_dtype": "fp8_e4m3fn_fast"})
+        made, model = [native_loader], native_loader.out()
+        if shift is not None:
+            shifted = Node(41, "ModelSamplingAuraFlow", (360, 0), links={"model": model}, widgets={"shift": shift})
+            made.append(shifted)
+            model = shifted.out()
+        compiled = Node(42, "TorchCompileModel", (740, 0), links={"model": model}, widgets={"backend": "inductor"})
+        return made + [compiled], compiled.out(), "native fp8_e4m3fn_fast + TorchCompileModel"
+    return build
+
+
+def _native_compiled(shared: list[Node]) -> tuple[list[Node], tuple[Node, int], str]:
+    """SDXL's best native lossless row (docs/BENCHMARKS.md): core TorchCompileModel on the checkpoint's MODEL."""
+    ckpt = next(n for n in shared if n.type == "CheckpointLoaderSimple")
+    compiled = Node(42, "TorchCompileModel", (740, 0), links={"model": ckpt.out(0)}, widgets={"backend": "inductor"})
+    return [compiled], compiled.out(), "native TorchCompileModel"
+
+
+NATIVE_NOTE_DIT = ("**ComfyUI's own fast path** (bottom group, muted): the same file loaded again at weight_dtype "
+                   "`fp8_e4m3fn_fast` and core **TorchCompileModel**, with its own report against the same "
+                   "baseline. Select the group and press Ctrl+M to switch it on: it loads a second copy of the "
+                   "model (fp8), so leave it off on a card that barely holds one.")
+NATIVE_NOTE_SDXL = ("**ComfyUI's own fast path** (bottom group, muted): core **TorchCompileModel** on the same "
+                    "checkpoint, with its own report against the same baseline. Select the group and press Ctrl+M "
+                    "to switch it on.")
 COMPARE_NOTE = ("The same loaders, prompt and seed sampled twice: through the Fastlane nodes (top) and plainly "
                 "(bottom), each measured by a **Fastlane Benchmark** node. **Fastlane Benchmark Report** shows the "
                 "per-step latency on your GPU, the speed-up and how far the image moved (PSNR/SSIM). Queue twice: "
@@ -297,13 +366,14 @@ COMPARE_NOTE = ("The same loaders, prompt and seed sampled twice: through the Fa
 
 def flux_compare() -> Workflow:
     return _compare(flux_fastest(), "fastlane-flux-compare", "FLUX.1-dev: fastest vs baseline",
-                    f"## FLUX.1-dev: Fastlane fastest vs baseline\n\n{COMPARE_NOTE}\n\n{FLUX_FILES_TEXT}")
+                    f"## FLUX.1-dev: Fastlane fastest vs baseline\n\n{COMPARE_NOTE}\n\n{NATIVE_NOTE_DIT}\n\n"
+                    f"{FLUX_FILES_TEXT}", native=_native_fp8_compiled("UNETLoader"))
 
 
 def sdxl_compare() -> Workflow:
     return _compare(sdxl_fastest(), "fastlane-sdxl-compare", "SDXL: DeepCache + CUDA graphs vs baseline",
                     f"## SDXL: Fastlane DeepCache + Compile + CUDA Graph vs baseline\n\n{COMPARE_NOTE}\n\n"
-                    f"{SDXL_FILES_TEXT}")
+                    f"{NATIVE_NOTE_SDXL}\n\n{SDXL_FILES_TEXT}", native=_native_compiled)
 
 
 # -- Qwen-Image, Z-Image and Wan 2.2 14B with ComfyUI's standard loaders (file names as ComfyUI's own templates) -----
@@ -400,8 +470,9 @@ def _image_compare(family: ImageFamily) -> Workflow:
     fastest = _image_fastest(family)
     shift = next(n for n in fastest.nodes if n.type == "ModelSamplingAuraFlow")
     return _compare(fastest, f"fastlane-{family.key}-compare", f"{family.title}: fastest vs baseline",
-                    f"## {family.title}: Fastlane fastest vs baseline\n\n{COMPARE_NOTE}\n\n{family.files_text()}",
-                    base_model=shift.out(), base_y=1100)
+                    f"## {family.title}: Fastlane fastest vs baseline\n\n{COMPARE_NOTE}\n\n{NATIVE_NOTE_DIT}\n\n"
+                    f"{family.files_text()}", base_model=shift.out(), base_y=1100,
+                    native=_native_fp8_compiled("UNETLoader", family.shift))
 
 
 def qwen_image_fastest() -> Workflow:
@@ -603,14 +674,16 @@ def has_seed_control(name: str, input_type: Any, options: dict) -> bool:
 
 
 # -- formats -------------------------------------------------------------------------------------------------------
-def _executable(workflow: Workflow) -> list[Node]:
-    return [n for n in workflow.nodes if n.type not in UI_ONLY_TYPES]
+def _executable(workflow: Workflow, include_muted: bool = True) -> list[Node]:
+    return [n for n in workflow.nodes if n.type not in UI_ONLY_TYPES and (include_muted or n.mode != MUTED)]
 
 
-def api_format(workflow: Workflow) -> dict:
-    """``{"<id>": {"class_type", "inputs", "_meta": {"title"}}}`` with inputs in the node's input order."""
+def api_format(workflow: Workflow, include_muted: bool = False) -> dict:
+    """``{"<id>": {"class_type", "inputs", "_meta": {"title"}}}`` with inputs in the node's input order. Muted nodes
+    are left out, as the frontend leaves them out of the prompt it queues; ``include_muted``: the prompt the UI file
+    queues once its muted groups are switched on."""
     out = {}
-    for node in _executable(workflow):
+    for node in _executable(workflow, include_muted):
         info = node_info(node.type)
         inputs: dict[str, Any] = {}
         for name, input_type, options in input_specs(info):
@@ -689,7 +762,7 @@ def ui_format(workflow: Workflow) -> dict:
                    for slot, (out_type, out_name) in enumerate(zip(info["output"], info["output_name"]))]
         entry = {"id": node.id, "type": node.type, "pos": list(node.pos),
                  "size": list(node.size or _default_size(len(sockets), len(outputs), len(widgets_values))),
-                 "flags": {}, "order": order[node.id], "mode": 0, "inputs": sockets, "outputs": outputs,
+                 "flags": {}, "order": order[node.id], "mode": node.mode, "inputs": sockets, "outputs": outputs,
                  "properties": {"Node name for S&R": node.type}, "widgets_values": widgets_values}
         if node.title:
             entry["title"] = node.title

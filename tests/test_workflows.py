@@ -14,7 +14,25 @@ PACK_DIR = Path(__file__).resolve().parents[1]
 WORKFLOWS = PACK_DIR / "workflows"
 API_FILES = sorted((WORKFLOWS / "api").glob("*.api.json"))
 UI_ONLY = {"Note", "MarkdownNote"}
+MUTED = 2  # the frontend's "never" mode (Ctrl+M)
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def _generator():
+    sys.path.insert(0, str(PACK_DIR / "scripts"))
+    try:
+        import make_workflows
+    finally:
+        sys.path.remove(str(PACK_DIR / "scripts"))
+    return make_workflows
+
+
+def with_muted(api_file: Path) -> dict:
+    """The prompt the UI file queues once its muted groups are switched on (built by the generator)."""
+    gen = _generator()
+    name = api_file.name[: -len(".api.json")]
+    workflow = next(w() for w in gen.WORKFLOWS if w().name == name)
+    return gen.api_format(workflow, include_muted=True)
 
 
 def ui_twin(api_file: Path) -> Path:
@@ -149,11 +167,15 @@ def test_ui_file_passes_the_frontend_workflow_schema(api_file):
 @pytest.mark.parametrize("api_file", API_FILES, ids=lambda p: p.name)
 def test_ui_file_and_api_twin_agree(api_file):
     api, ui = load(api_file), load(ui_twin(api_file))
+    full = {**api, **with_muted(api_file)}  # the muted nodes' widget values: what the generator gives them
     assert ui["version"] == 0.4
     ui_nodes = {n["id"]: n for n in ui["nodes"]}
     assert len(ui_nodes) == len(ui["nodes"]) and ui["last_node_id"] == max(ui_nodes)
     assert ui["last_link_id"] == max(link[0] for link in ui["links"]) and len(ui["links"]) == ui["last_link_id"]
-    executable = {i: n for i, n in ui_nodes.items() if n["type"] not in UI_ONLY}
+    # muted nodes (mode 2: a branch the user switches on) stay out of the prompt the frontend queues
+    executable = {i: n for i, n in ui_nodes.items() if n["type"] not in UI_ONLY and n["mode"] != MUTED}
+    muted = {i for i, n in ui_nodes.items() if n["mode"] == MUTED}
+    assert {n["mode"] for n in ui_nodes.values()} <= {0, MUTED}
     # same nodes, same types
     assert {str(i): n["type"] for i, n in executable.items()} == {i: n["class_type"] for i, n in api.items()}
 
@@ -165,10 +187,12 @@ def test_ui_file_and_api_twin_agree(api_file):
         assert socket["link"] == link_id
         assert link_id in ui_nodes[src]["outputs"][src_slot]["links"]
         assert ui_nodes[src]["outputs"][src_slot]["type"] == link_type == output_types(ui_nodes[src]["type"])[src_slot]
-        ui_links[(str(dst), socket["name"])] = (str(src), src_slot)
+        assert src not in muted or dst in muted, "a running node must not take its input from a muted one"
+        if dst not in muted:
+            ui_links[(str(dst), socket["name"])] = (str(src), src_slot)
     assert ui_links == api_links  # same links
 
-    for node_id, node in executable.items():
+    for node_id, node in {i: n for i, n in ui_nodes.items() if n["type"] not in UI_ONLY}.items():
         spec = inputs_of(node["type"])
         # every output's links point back at links that name it
         for slot, out in enumerate(node["outputs"]):
@@ -181,7 +205,7 @@ def test_ui_file_and_api_twin_agree(api_file):
         expected = []
         for name, input_type, options, _ in spec:
             if is_widget(input_type, options):
-                expected.append(api[str(node_id)]["inputs"][name])
+                expected.append(full[str(node_id)]["inputs"][name])
                 if input_type == "INT" and options.get("control_after_generate", name in ("seed", "noise_seed")):
                     expected.append("fixed")
         assert node["widgets_values"] == expected, node["type"]
@@ -270,3 +294,27 @@ def test_wan22_experts_each_run_their_own_fastlane_chain_on_their_own_stage(name
         caches.add(chain[types.index("FastlaneTargetSpeedCache")])
         assert prompt[chain[-1]]["inputs"]["unet_name"] == f"wan2.2_t2v_{expert}_noise_14B_fp8_scaled.safetensors"
     assert len(caches) == 2  # each expert its own cache
+
+
+COMPARES = [p for p in API_FILES if p.name.endswith("-compare.api.json") and "demo" not in p.name
+            and "wan22" not in p.name]
+
+
+@pytest.mark.parametrize("api_file", COMPARES, ids=lambda p: p.name)
+def test_compare_workflows_carry_comfyuis_own_fast_path_muted(graph, api_file):
+    """The native reference branch (issue 20): muted in the UI file, absent from the API twin, and once switched on
+    a graph ComfyUI validates (only the model files are missing here), measured against the same baseline."""
+    api, full = load(api_file), with_muted(api_file)
+    native = {i: n for i, n in full.items() if i not in api}
+    types = sorted(n["class_type"] for n in native.values())
+    assert "TorchCompileModel" in types and "KSampler" in types and "FastlaneBenchmarkReport" in types
+    loaders = [n for n in native.values() if n["class_type"] == "UNETLoader"]
+    if "sdxl" not in api_file.name:
+        assert [n["inputs"]["weight_dtype"] for n in loaders] == ["fp8_e4m3fn_fast"]
+    report = next(n for n in native.values() if n["class_type"] == "FastlaneBenchmarkReport")
+    baseline_bench = report["inputs"]["reference_model"][0]
+    assert api[baseline_bench]["inputs"]["label"] == "baseline"
+    valid, error, _, node_errors = graph.validate(full)
+    assert not valid and error["type"] == "prompt_outputs_failed_validation"
+    kinds = {e["type"] for node in node_errors.values() for e in node["errors"]}
+    assert kinds == {"value_not_in_list"}, node_errors  # nothing wrong but the missing model files
