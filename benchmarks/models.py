@@ -93,6 +93,11 @@ SDXL_TINY_UNET_CONFIG: dict[str, Any] = {
 }
 
 
+# Issue 19's families (benchmarks/family_models.py), beside FLUX.1-dev and SDXL.
+NEW_FAMILIES: tuple[str, ...] = ("qwen-image", "z-image", "wan22", "flux2")
+ALL_FAMILIES: tuple[str, ...] = ("flux", "sdxl", *NEW_FAMILIES)
+
+
 @dataclass
 class FamilySpec:
     """Everything the runner needs to know to condition and sample one model family."""
@@ -136,12 +141,33 @@ def sdxl_spec(tiny: bool = False, dtype: torch.dtype | None = None) -> FamilySpe
     )
 
 
-def family_spec(family: str, tiny: bool = False, dtype: torch.dtype | None = None) -> FamilySpec:
+def new_family_spec(name: str, tiny: bool = False, dtype: torch.dtype | None = None,
+                    context_tokens: int | None = None) -> FamilySpec:
+    """Qwen-Image, Z-Image, Wan 2.2 (one A14B expert), FLUX.2-dev: see family_models.py."""
+    import family_models
+
+    fam = family_models.family(name)
+    return FamilySpec(
+        name=name,
+        unet_config=fam.config(tiny),
+        dtype=dtype or fam.dtype,
+        latent_channels=fam.latent_channels,
+        context_tokens=context_tokens or (8 if tiny else fam.context_tokens),
+        context_dim=fam.ctx_dim(tiny),
+        pooled_dim=0,
+        tiny=tiny,
+    )
+
+
+def family_spec(family: str, tiny: bool = False, dtype: torch.dtype | None = None,
+                context_tokens: int | None = None) -> FamilySpec:
     if family == "flux":
         return flux_spec(tiny, dtype)
     if family == "sdxl":
         return sdxl_spec(tiny, dtype)
-    raise ValueError(f"unknown family {family!r} (flux|sdxl)")
+    if family in NEW_FAMILIES:
+        return new_family_spec(family, tiny, dtype, context_tokens)
+    raise ValueError(f"unknown family {family!r} ({'|'.join(ALL_FAMILIES)})")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -175,10 +201,45 @@ def random_init_(module: torch.nn.Module, std: float = 0.02, seed: int = 0) -> d
     return counts
 
 
+@torch.no_grad()
+def random_init_fp8_(module: torch.nn.Module, std: float = 0.02, seed: int = 0) -> dict[str, int]:
+    """``random_init_`` for a module whose parameters are (partly) float8_e4m3fn, which has no normal_: each fp8
+    matrix is drawn in bfloat16 one at a time and cast in (the temporary is one parameter, at most ~0.7 GB for
+    FLUX.2's largest Linear)."""
+    gen_device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    gen = torch.Generator(device=gen_device)
+    gen.manual_seed(seed)
+    counts = {"matrices": 0, "biases": 0, "scales": 0, "buffers": 0, "params": 0, "fp8": 0}
+    for name, p in module.named_parameters():
+        counts["params"] += p.numel()
+        if p.ndim >= 2:
+            if p.dtype == torch.float8_e4m3fn:
+                p.copy_(torch.empty(p.shape, device=p.device, dtype=torch.bfloat16).normal_(0.0, std, generator=gen))
+                counts["fp8"] += 1
+            else:
+                p.normal_(0.0, std, generator=gen)
+            counts["matrices"] += 1
+        elif name.endswith("bias"):
+            p.zero_()
+            counts["biases"] += 1
+        else:
+            p.fill_(1.0)
+            counts["scales"] += 1
+    for _, b in module.named_buffers():
+        if b.is_floating_point():
+            b.zero_()
+        counts["buffers"] += 1
+    return counts
+
+
 def _materialise(diffusion_model: torch.nn.Module, device: torch.device, dtype: torch.dtype, seed: int) -> dict[str, int]:
-    diffusion_model.to(dtype=dtype)  # on meta: free
-    diffusion_model.to_empty(device=device)
-    counts = random_init_(diffusion_model, seed=seed)
+    if dtype == torch.float8_e4m3fn:  # as built by ComfyUI's fp8 weight_dtype: leave each parameter's own dtype
+        diffusion_model.to_empty(device=device)
+        counts = random_init_fp8_(diffusion_model, seed=seed)
+    else:
+        diffusion_model.to(dtype=dtype)  # on meta: free
+        diffusion_model.to_empty(device=device)
+        counts = random_init_(diffusion_model, seed=seed)
     for p in diffusion_model.parameters():
         p.requires_grad_(False)
     return counts
@@ -210,29 +271,58 @@ class BuiltModel:
         return None
 
 
+def model_config_class(family: str) -> type:
+    """The ``comfy.supported_models`` class ComfyUI picks for the family's real checkpoint."""
+    import comfy.supported_models
+
+    if family in NEW_FAMILIES:
+        import family_models
+
+        return family_models.supported_model_class(family)
+    return comfy.supported_models.Flux if family == "flux" else comfy.supported_models.SDXL
+
+
+def count_params(family: str, tiny: bool = False) -> int:
+    """Parameters of the family's diffusion model, counted on the meta device (no memory, about a second)."""
+    spec = family_spec(family, tiny)
+    config = model_config_class(family)(spec.unet_config)
+    config.set_inference_dtype(spec.dtype, None)
+    model = config.get_model({}, "", device=torch.device("meta"))
+    return sum(p.numel() for p in model.diffusion_model.parameters())
+
+
 def build_model(family: str, tiny: bool = False, device: torch.device | str | None = None,
-                dtype: torch.dtype | None = None, seed: int = 0) -> BuiltModel:
-    """Build FLUX.1-dev or SDXL at its real shape (or the tiny variant) with random weights, wrapped in a ModelPatcher.
+                dtype: torch.dtype | None = None, seed: int = 0, fp8_weights: bool = False,
+                context_tokens: int | None = None) -> BuiltModel:
+    """Build a family at its real shape (or the tiny variant) with random weights, wrapped in a ModelPatcher.
 
     The weights are created directly on ``device`` (default: ComfyUI's torch device). The patcher's offload device is
     the same device, so ComfyUI's unloading between rows never copies the weights to the host and back: the
     benchmark measures sampling, not model loading.
+
+    ``fp8_weights``: build the model as core's UNETLoader does for weight_dtype ``fp8_e4m3fn``: float8_e4m3fn storage,
+    ``dtype`` (bf16) compute, each layer's weight upcast per call (ComfyUI's manual_cast ops). For a model whose 16-bit
+    weights leave no room on the card (FLUX.2-dev, 32 B parameters, on an 80 GB H100): the native fp8 rows then share
+    these tensors instead of making an fp8 copy.
     """
     import comfy.model_management as mm
     import comfy.model_patcher
-    import comfy.supported_models
 
     t0 = time.perf_counter()
-    spec = family_spec(family, tiny, dtype)
+    spec = family_spec(family, tiny, dtype, context_tokens)
     device = torch.device(device) if device is not None else mm.get_torch_device()
-    cls = comfy.supported_models.Flux if family == "flux" else comfy.supported_models.SDXL
+    cls = model_config_class(family)
     model_config = cls(spec.unet_config)
-    model_config.set_inference_dtype(spec.dtype, None)
+    if fp8_weights:
+        model_config.set_inference_dtype(torch.float8_e4m3fn, spec.dtype)
+        spec.extra["fp8_weights"] = True
+    else:
+        model_config.set_inference_dtype(spec.dtype, None)
     # Real checkpoints load the diffusion model on the offload device first; we build it on meta and then put the
     # storage straight where it will run. The rest of BaseModel (model_sampling, SDXL's embedder) is tiny and built on
     # the CPU exactly as ComfyUI builds it; ComfyUI moves it with the model when it loads it.
     model = model_config.get_model({}, "", device=torch.device("meta"))
-    counts = _materialise(model.diffusion_model, device, spec.dtype, seed)
+    counts = _materialise(model.diffusion_model, device, torch.float8_e4m3fn if fp8_weights else spec.dtype, seed)
     model.to(device)
     model.device = device
     model.eval()
@@ -243,7 +333,7 @@ def build_model(family: str, tiny: bool = False, device: torch.device | str | No
     info = {
         "class": f"comfy.supported_models.{cls.__name__} -> {type(model).__module__}.{type(model).__name__}",
         "diffusion_model": f"{type(model.diffusion_model).__module__}.{type(model.diffusion_model).__name__}",
-        "dtype": str(spec.dtype).replace("torch.", ""),
+        "dtype": str(spec.dtype).replace("torch.", "") + (" compute, float8_e4m3fn weights" if fp8_weights else ""),
         "weights_gib": round(sum(p.numel() * p.element_size() for p in model.diffusion_model.parameters()) / 2**30, 2),
         "init": counts,
         "unet_config": {k: v for k, v in spec.unet_config.items()},
@@ -287,11 +377,21 @@ def sdxl_conditioning(spec: FamilySpec, width: int, height: int, seed: int = 1, 
 def conditioning(spec: FamilySpec, width: int, height: int, guidance: float = 3.5, seed: int = 1) -> tuple[list, list]:
     if spec.name == "flux":
         return flux_conditioning(spec, guidance=guidance, seed=seed)
+    if spec.name in NEW_FAMILIES:
+        import family_models
+
+        spec.extra.setdefault("guidance", guidance)
+        return family_models.conditioning(spec, seed=seed)
     return sdxl_conditioning(spec, width, height, seed=seed)
 
 
-def empty_latent(spec: FamilySpec, width: int, height: int, batch: int = 1) -> torch.Tensor:
-    """EmptySD3LatentImage (FLUX, 16 channels) / EmptyLatentImage (SDXL, 4 channels): zeros at 1/8 resolution."""
+def empty_latent(spec: FamilySpec, width: int, height: int, batch: int = 1, frames: int | None = None) -> torch.Tensor:
+    """EmptySD3LatentImage (FLUX, 16 channels) / EmptyLatentImage (SDXL, 4 channels): zeros at 1/8 resolution; the
+    new families' own latent nodes (family_models.py)."""
+    if spec.name in NEW_FAMILIES:
+        import family_models
+
+        return family_models.empty_latent(spec, width, height, frames, batch)
     return torch.zeros(batch, spec.latent_channels, height // 8, width // 8)
 
 
