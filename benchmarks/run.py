@@ -185,6 +185,7 @@ def load_pack(catcher: "CacheLogCatcher") -> str:
 if str(BENCH_DIR) not in sys.path:  # rows/ is imported by name, as this file's sibling (also when run.py is imported)
     sys.path.insert(0, str(BENCH_DIR))
 from rows import CTX, ROWS, Row, RowSkipped, node, row  # noqa: E402  (node: also check_shapes.py's)
+from rows.registry import ALL_FAMILIES, NEW_FAMILIES  # noqa: E402
 from rows.comfy_node import CORE_EXTRA_NODES  # noqa: E402
 
 
@@ -374,20 +375,31 @@ class Bench:
     sampler: str = "euler"
     scheduler: str = "simple"
     catcher: CacheLogCatcher | None = None
+    steps: int = 0  # steps of the row being timed: --steps, or --uniform-steps for a row without a step cache
 
     def sample(self, model) -> Any:
         import comfy.sample
 
-        return comfy.sample.sample(model, self.noise, self.args.steps, self.cfg, self.sampler, self.scheduler,
-                                   self.positive, self.negative, self.latent, disable_pbar=True, seed=self.args.seed)
+        return comfy.sample.sample(model, self.noise, self.steps or self.args.steps, self.cfg, self.sampler,
+                                   self.scheduler, self.positive, self.negative, self.latent, disable_pbar=True,
+                                   seed=self.args.seed)
 
 
-def _finish_stats(res: dict[str, Any], warm_ms: list[list[float]], warm_s: list[float], steps: int) -> None:
+def _finish_stats(res: dict[str, Any], warm_ms: list[list[float]], warm_s: list[float], steps: int,
+                  full_steps: int | None = None) -> None:
+    """Warm-run statistics. ``steps``: the steps the row ran; ``full_steps``: the run's --steps. A row without a step
+    cache timed over fewer steps (--uniform-steps) gets ``sampling_s_at_steps`` = its ms/step x --steps (marked
+    projected); otherwise that is its measured sampling s. The speed-up column compares these."""
     flat = [x for run in warm_ms for x in run]
     res["warm_runs"] = len(warm_s)
     res["sampling_s"] = _median(warm_s)
     res["sampling_s_all"] = warm_s
     res["ms_per_step"] = res["sampling_s"] * 1000.0 / steps if res["sampling_s"] else None
+    res["steps_run"] = steps
+    full_steps = full_steps or steps
+    if res["sampling_s"]:
+        res["sampling_s_at_steps"] = res["sampling_s"] * full_steps / steps
+        res["projected"] = full_steps != steps
     res["median_ms_per_call"] = _median(flat)
     res["p10_ms_per_call"] = _pct(flat, 0.1)
     res["p90_ms_per_call"] = _pct(flat, 0.9)
@@ -409,6 +421,44 @@ def _find_in_chain(e: BaseException, kind: type) -> BaseException | None:
     return None
 
 
+def copy_bytes_per_param(r: Row, fp8_base: bool) -> float:
+    """Bytes per base-model parameter a row adds while it runs: its own copy of the weights. Fastlane Quantize makes
+    a model of its own (quantizers/model_copy.py: 1 byte per quantized weight for fp8/int8); the native fp8 rows cast
+    the base to e4m3 (1 byte) unless the base is fp8 already (then they share its tensors). Compile, caches,
+    attention: no copy."""
+    name = r.name
+    if name.startswith("native_fp8"):
+        return 0.0 if fp8_base else 1.0
+    if r.kind == "patcher" and any(w in name for w in ("fp8", "int8")):
+        return 1.0
+    return 0.0
+
+
+def memory_check(bench: Bench, r: Row) -> str | None:
+    """On CUDA, before the row builds anything: does the card have room for the row's copy of the weights plus the
+    activations (ComfyUI's own estimate for this latent and CFG batch, + 2 GiB)? Returns a 'skipped: ...' reason or
+    None. A 20-32 B model in 16-bit plus an fp8 copy does not fit an 80 GB card for FLUX.2-dev (see --weights)."""
+    import torch
+
+    if bench.device.type != "cuda" or bench.built is None or bench.args.no_memory_check:
+        return None
+    extra = copy_bytes_per_param(r, bool(bench.built.spec.extra.get("fp8_weights"))) * bench.built.params
+    batch = 2 if bench.cfg > 1.0 else 1
+    shape = [batch, *bench.latent.shape[1:]]
+    try:
+        act = float(bench.built.patcher.model.memory_required(shape))
+    except Exception:  # noqa: BLE001
+        act = 4 * 2**30
+    need = extra + act + 2 * 2**30
+    free, total = torch.cuda.mem_get_info(bench.device)
+    free += torch.cuda.memory_reserved(bench.device) - torch.cuda.memory_allocated(bench.device)
+    if need > free:
+        return (f"skipped: needs ≥ {need / 2**30:.1f} GiB free ({extra / 2**30:.1f} GiB for its copy of the weights "
+                f"+ {act / 2**30:.1f} GiB activations + 2 GiB), {free / 2**30:.1f} GiB free of {total / 2**30:.1f}; "
+                f"a larger card, or --weights fp8 for the native fp8 rows")
+    return None
+
+
 def run_row(bench: Bench, r: Row, budget: float) -> dict[str, Any]:
     """Prepare the row, one cold run, up to --repeats warm runs; all under a ``budget``-second guard."""
     import torch
@@ -425,8 +475,15 @@ def run_row(bench: Bench, r: Row, budget: float) -> dict[str, Any]:
     clear_dynamo_counts()
     timer = CallTimer(device)
     model = patched = call = one_run = None
+    bench.steps = args.steps
+    if args.uniform_steps and args.uniform_steps < args.steps and not r.caches_steps:
+        bench.steps = args.uniform_steps  # cost per step is uniform: time fewer steps, project to --steps
+    res["steps_run"] = bench.steps
     try:
         with time_guard(budget), torch.inference_mode():
+            need = memory_check(bench, r)
+            if need:
+                raise RowSkipped(need)
             log(f"row {r.name}: prepare")
             if r.kind == "patcher":
                 patched = r.fn(bench.built.patcher)
@@ -443,7 +500,7 @@ def run_row(bench: Bench, r: Row, budget: float) -> dict[str, Any]:
 
                 def one_run() -> Any:
                     out = None
-                    for _ in range(args.steps):
+                    for _ in range(bench.steps):
                         out = timer.timed_call(call)
                     return out
             res["prepare_s"] = round(time.perf_counter() - t_row, 3)
@@ -510,12 +567,30 @@ def run_row(bench: Bench, r: Row, budget: float) -> dict[str, Any]:
         res["warm_new_graphs"] = warm_d["graphs"] - cold_d["graphs"]
     res["peak_gib"] = peak_gib(device)
     if warm_s:
-        _finish_stats(res, warm_ms, warm_s, args.steps)
+        _finish_stats(res, warm_ms, warm_s, bench.steps, args.steps)
     if bench.catcher and bench.catcher.cache_lines:
         res["cache_log"] = list(bench.catcher.cache_lines)
+    own = _own_model_ref(bench, patched)
     model = patched = call = one_run = timer = None  # drop the row's references before freeing memory
     free_memory(device)
+    if own is not None and own() is not None:
+        gc.collect()
+        if own() is not None:  # its weights would stay resident beside the next row's
+            warning = "the row's own model (a copy of the weights) is still referenced after the row: not freed"
+            res.setdefault("warnings", []).append(warning)
+            log(f"row {r.name}: WARNING {warning}")
+    res["own_model_freed"] = None if own is None else own() is None
     return res
+
+
+def _own_model_ref(bench: Bench, patched: Any) -> Any:
+    """A weak reference to the torch model of a row that built one of its own (Fastlane Quantize's copy, the native
+    fp8 model), to check that it is freed after the row: a 20-32 B model must never keep two copies resident."""
+    import weakref
+
+    base = bench.built.patcher.model if bench.built is not None else None
+    own = getattr(patched, "model", None)
+    return weakref.ref(own) if own is not None and base is not None and own is not base else None
 
 
 # ======================================================================================================================
@@ -591,12 +666,22 @@ def markdown(results: dict[str, Any]) -> str:
         f"- date (UTC): {env['date_utc']} · attention: {env.get('comfy_attention')} · "
         f"vram_state: {env.get('comfy_vram_state')} · pack: {cfg.get('pack_status')} (commit {env.get('pack_commit')})",
         f"- command: `{env['command']}`",
-        f"- sampling: {cfg['width']}x{cfg['height']}, {cfg['steps']} steps, {cfg['sampler']}/{cfg['scheduler']}, "
-        f"cfg {cfg['cfg']}{', guidance ' + str(cfg['guidance']) if cfg['family'] == 'flux' else ''}, "
+        f"- sampling: {cfg['width']}x{cfg['height']}"
+        f"{', ' + str(cfg['frames']) + ' frames' if cfg.get('frames') else ''}, {cfg['steps']} steps, "
+        f"{cfg['sampler']}/{cfg['scheduler']}, "
+        f"cfg {cfg['cfg']}{', guidance ' + str(cfg['guidance']) if cfg['family'] in ('flux', 'flux2') else ''}, "
         f"latent {cfg['latent_shape']}, dtype {cfg['dtype']}, {cfg['repeats']} warm repeats after 1 cold run",
         f"- model: {cfg['model_class']}, {cfg['params_b']:.3f} B params, {cfg['weights_gib']} GiB weights, "
         f"built in {cfg['build_s']:.1f} s",
     ]
+    if cfg.get("uniform_steps"):
+        lines.append(f"- rows without a step cache ran {cfg['uniform_steps']} steps (--uniform-steps): their *s @ "
+                     f"{cfg['steps']} steps* is ms/step x {cfg['steps']}, marked *; cache rows ran all {cfg['steps']}")
+    if cfg.get("family_note"):
+        lines.append(f"- conditioning: {cfg['family_note']}")
+    if cfg.get("context_shape"):
+        lines.append(f"- context {cfg['context_shape']}, weights {cfg.get('weights')}"
+                     f"{' · ComfyUI vram_state set to ' + cfg['vram_state'] if cfg.get('vram_state') else ''}")
     if cfg.get("floor_ms"):
         lines.append(f"- physical floor: {cfg['flops_per_step']:.3g} FLOP/step at {cfg['peak_tflops']:g} TFLOP/s "
                      f"= {cfg['floor_ms']:.1f} ms/step")
@@ -604,9 +689,9 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"- stand-ins for missing modules (not used by these rows): {', '.join(env['stubbed_modules'])}")
     lines += [
         "",
-        "| row | status | cold s | sampling s | ms/step | median ms/call | p10–p90 ms/call | calls/run | ≈full | "
-        "vs eager | × floor | peak GiB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| row | status | cold s | steps run | sampling s | s @ {cfg['steps']} steps | ms/step | median ms/call | "
+        "p10–p90 ms/call | calls/run | ≈full | vs eager | × floor | peak GiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         status = " ".join(str(r["status"]).split()).replace("|", "/")
@@ -614,7 +699,9 @@ def markdown(results: dict[str, Any]) -> str:
             f"{r['p10_ms_per_call']:.1f}–{r['p90_ms_per_call']:.1f}"
         lines.append(
             f"| {r['row']} | {status}{' (' + r['repeats_cut'] + ')' if r.get('repeats_cut') else ''} | "
-            f"{_fmt(r.get('cold_s'), 2)} | {_fmt(r.get('sampling_s'), 3)} | {_fmt(r.get('ms_per_step'))} | "
+            f"{_fmt(r.get('cold_s'), 2)} | {_fmt(r.get('steps_run'))} | {_fmt(r.get('sampling_s'), 3)} | "
+            f"{_fmt(r.get('sampling_s_at_steps'), 2)}{'*' if r.get('projected') else ''} | "
+            f"{_fmt(r.get('ms_per_step'))} | "
             f"{_fmt(r.get('median_ms_per_call'))} | {spread} | {_fmt(r.get('calls_per_run'))} | "
             f"{_fmt(r.get('full_calls_per_run'))} | "
             f"{_fmt(r.get('speedup_vs_eager'), 2)}{'×' if r.get('speedup_vs_eager') else ''} | "
@@ -642,11 +729,13 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["Rows:", *notes, ""]
     lines += [
         "Columns: *cold s* first sampling run, wall, incl. compilation · *sampling s* median wall time of the warm "
-        "runs (synchronised, whole `comfy.sample.sample` call) · *ms/step* = sampling s / steps · *ms/call* CUDA "
-        "events around each diffusion-model call (APPLY_MODEL wrapper; a step cache that skips inside the model "
-        "still counts a cheap call, LazyCache skips the call) · *≈full* calls of the last warm run that cost at least "
-        "half the row's p90 call, i.e. full model passes (estimate) · *vs eager* eager sampling s / row sampling s · "
-        "*× floor* median ms/call / physical floor · *peak GiB* torch.cuda.max_memory_allocated during the row.",
+        "runs (synchronised, whole `comfy.sample.sample` call) over *steps run* · *s @ N steps* the same at the "
+        "run's --steps (* = projected from ms/step, --uniform-steps) · *ms/step* = sampling s / steps run · "
+        "*ms/call* CUDA events around each diffusion-model call (APPLY_MODEL wrapper; a step cache that skips inside "
+        "the model still counts a cheap call, LazyCache skips the call) · *≈full* calls of the last warm run that "
+        "cost at least half the row's p90 call, i.e. full model passes (estimate) · *vs eager* eager s / row s, both "
+        "at --steps · *× floor* median ms/call / physical floor · *peak GiB* torch.cuda.max_memory_allocated during "
+        "the row.",
         "",
         f"**{RANDOM_WEIGHTS_NOTE}.** With random weights, how often a step cache decides to skip is not what it "
         "would be with a real checkpoint; compare its *cost per call*, not its hit rate.",
@@ -728,8 +817,9 @@ def write_results(results: dict[str, Any], out: Path, final: bool) -> None:
     eager_row = next((r for r in rows if r["row"] == "eager" and r.get("sampling_s")), None)
     floor = results["config"].get("floor_ms")
     for r in rows:
-        if eager_row and r.get("sampling_s"):
-            r["speedup_vs_eager"] = eager_row["sampling_s"] / r["sampling_s"]
+        if eager_row and r.get("sampling_s"):  # at --steps (a --uniform-steps row: projected from its ms/step)
+            r["speedup_vs_eager"] = (eager_row.get("sampling_s_at_steps") or eager_row["sampling_s"]) / \
+                (r.get("sampling_s_at_steps") or r["sampling_s"])
         if floor and r.get("median_ms_per_call"):
             r["x_floor"] = r["median_ms_per_call"] / floor
     results["complete"] = final
@@ -748,10 +838,34 @@ def write_results(results: dict[str, Any], out: Path, final: bool) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--family", choices=["flux", "sdxl"], required=True)
+    p.add_argument("--family", choices=list(ALL_FAMILIES), required=True,
+                   help="flux (FLUX.1-dev), sdxl, qwen-image (20 B), z-image (6 B), wan22 (one 14 B expert), "
+                        "flux2 (FLUX.2-dev, 32 B)")
     p.add_argument("--rows", default="eager", help="comma-separated row names, or 'all' (rows of this family)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default flux 28, sdxl 30)")
-    p.add_argument("--res", type=int, default=None, help="square resolution in pixels (default 1024; --tiny: 64)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps (default flux 28, sdxl 30, qwen-image 20, z-image 8, wan22 20, flux2 28)")
+    p.add_argument("--res", type=int, default=None,
+                   help="square resolution in pixels (default 1024, qwen-image 1328; --tiny: 64)")
+    p.add_argument("--width", type=int, default=None, help="width in pixels (overrides --res; wan22 default 832)")
+    p.add_argument("--height", type=int, default=None, help="height in pixels (overrides --res; wan22 default 480)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="video frames (wan22 default 81 -> 21 latent frames; --tiny: 5)")
+    p.add_argument("--context-tokens", type=int, default=None,
+                   help="text tokens of the new families' prompts (default qwen-image/z-image 128, wan22/flux2 512)")
+    p.add_argument("--uniform-steps", type=int, default=0,
+                   help="time rows WITHOUT a step cache over this many steps and project their sampling s to --steps "
+                        "from ms/step (their cost per step is uniform); cache rows run all --steps. 0 = off. For "
+                        "Wan 2.2, whose eager step is seconds")
+    p.add_argument("--weights", choices=["auto", "16bit", "fp8"], default="auto",
+                   help="base weights: 16bit (--dtype), fp8 (float8_e4m3fn storage, 16-bit compute, as UNETLoader's "
+                        "fp8_e4m3fn; the native fp8 rows then share them), auto: fp8 only where a 16-bit base + an "
+                        "fp8 copy + activations would not fit the card (FLUX.2-dev on an 80 GB H100)")
+    p.add_argument("--vram-state", choices=["auto", "high", "comfy"], default="auto",
+                   help="auto: HIGH_VRAM for the new families on CUDA (their weights sit on the GPU already, so "
+                        "ComfyUI's free-memory estimate would count them twice and load a 20-32 B model partially), "
+                        "ComfyUI's own choice for flux/sdxl; high / comfy force one")
+    p.add_argument("--no-memory-check", action="store_true",
+                   help="do not skip rows whose weight copy would not fit the card's free memory")
     p.add_argument("--repeats", type=int, default=3, help="warm runs after the cold run (default 3)")
     p.add_argument("--tiny", action="store_true", help="small widths/depths, same classes: CPU smoke runs")
     p.add_argument("--out", default=None, help="output folder (default out/bench-<family>)")
@@ -761,8 +875,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "no longer fit are reported as skipped, and the tables are still written")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cfg", type=float, default=None, help="default flux 1.0, sdxl 7.0")
-    p.add_argument("--guidance", type=float, default=3.5, help="FLUX distilled guidance in the cond (default 3.5)")
-    p.add_argument("--sampler", default="euler")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="FLUX / FLUX.2 distilled guidance in the cond (default flux 3.5, flux2 4.0)")
+    p.add_argument("--sampler", default=None, help="default euler")
     p.add_argument("--scheduler", default=None, help="default flux simple, sdxl normal")
     p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
                    help="auto: flux bf16 / sdxl fp16 on GPU, fp32 on CPU")
@@ -780,12 +895,65 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", default="", help="comma-separated rows to profile (one extra run under "
                                                   "torch.profiler after the timed runs; kernel time by category)")
     a = p.parse_args(argv)
-    a.steps = a.steps or (28 if a.family == "flux" else 30)
-    a.res = a.res or (64 if a.tiny else 1024)
-    a.cfg = a.cfg if a.cfg is not None else (1.0 if a.family == "flux" else 7.0)
-    a.scheduler = a.scheduler or ("simple" if a.family == "flux" else "normal")
+    if a.family in NEW_FAMILIES:
+        import family_models
+
+        fam = family_models.family(a.family)
+        a.steps = a.steps or fam.steps
+        a.width = a.width or a.res or (64 if a.tiny else fam.width)
+        a.height = a.height or a.res or (64 if a.tiny else fam.height)
+        a.frames = (a.frames or (5 if a.tiny else fam.frames)) if fam.frames else None
+        a.cfg = a.cfg if a.cfg is not None else fam.cfg
+        a.scheduler = a.scheduler or fam.scheduler
+        a.sampler = a.sampler or fam.sampler
+        a.guidance = a.guidance if a.guidance is not None else (fam.guidance or 3.5)
+    else:
+        a.steps = a.steps or (28 if a.family == "flux" else 30)
+        a.width = a.width or a.res or (64 if a.tiny else 1024)
+        a.height = a.height or a.res or (64 if a.tiny else 1024)
+        a.frames = None
+        a.cfg = a.cfg if a.cfg is not None else (1.0 if a.family == "flux" else 7.0)
+        a.scheduler = a.scheduler or ("simple" if a.family == "flux" else "normal")
+        a.sampler = a.sampler or "euler"
+        a.guidance = a.guidance if a.guidance is not None else 3.5
+    a.res = a.width if a.width == a.height else None
     a.out = Path(a.out) if a.out else PACK_DIR / "out" / f"bench-{a.family}"
     return a
+
+
+def set_vram_state(args: argparse.Namespace, device) -> str | None:
+    """HIGH_VRAM where the weights were built on the GPU: ComfyUI's loader subtracts a model's size from the free
+    memory as if it still had to move in, so a 20-32 B model built in place (already on the card) would be loaded
+    partially (lowvram) although a real checkpoint of that size loads fully on the same card. Returns what was set."""
+    import comfy.model_management as mm
+
+    want = args.vram_state
+    if device.type != "cuda" or want == "comfy" or (want == "auto" and args.family not in NEW_FAMILIES):
+        return None
+    mm.vram_state = mm.VRAMState.HIGH_VRAM
+    return "HIGH_VRAM (weights built on the GPU; see --vram-state)"
+
+
+def choose_weights(args: argparse.Namespace, device, dtype) -> tuple[bool, str]:
+    """--weights: fp8 base weights or 16-bit ones. auto picks fp8 only on CUDA and only where a 16-bit base plus one
+    fp8 copy (a quantize or native fp8 row) plus ~12 GiB of activations and workspace would not fit the card."""
+    import models
+    import torch
+
+    compute = str(dtype).replace("torch.", "")
+    if args.weights == "fp8":
+        return True, f"float8_e4m3fn storage, {compute} compute (--weights fp8)"
+    if args.weights == "16bit" or device.type != "cuda":
+        return False, f"{str(dtype).replace('torch.', '')} (--weights {args.weights})"
+    params = models.count_params(args.family, args.tiny)
+    total = torch.cuda.get_device_properties(device).total_memory
+    need = params * (torch.finfo(dtype).bits // 8 + 1) + 12 * 2**30
+    if need > total:
+        return True, (f"float8_e4m3fn storage, {compute} compute (--weights auto: {params / 1e9:.1f} B params in "
+                      f"{str(dtype).replace('torch.', '')} + an fp8 copy + 12 GiB = {need / 2**30:.0f} GiB > "
+                      f"{total / 2**30:.0f} GiB on this card)")
+    return False, f"{str(dtype).replace('torch.', '')} (--weights auto: 16-bit base + an fp8 copy fit " \
+                  f"{total / 2**30:.0f} GiB)"
 
 
 def select_rows(spec: str, family: str) -> tuple[list[Row], list[dict[str, Any]]]:
@@ -860,8 +1028,17 @@ def main(argv: list[str] | None = None) -> int:
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(args.dtype)
     if dtype is None:
-        dtype = (torch.bfloat16 if args.family == "flux" else torch.float16) if device.type == "cuda" \
-            else torch.float32
+        if device.type != "cuda":
+            dtype = torch.float32
+        elif args.family in NEW_FAMILIES:
+            import family_models
+
+            dtype = family_models.family(args.family).dtype
+        else:
+            dtype = torch.bfloat16 if args.family == "flux" else torch.float16
+    vram_note = set_vram_state(args, device)
+    fp8_weights, weights_note = choose_weights(args, device, dtype)
+    log(f"  weights: {weights_note}")
 
     chosen, pre_skipped = select_rows(args.rows, args.family)
     log(f"rows: {[r.name for r in chosen]}" + (f"; not run: {[s['row'] for s in pre_skipped]}" if pre_skipped else ""))
@@ -870,19 +1047,24 @@ def main(argv: list[str] | None = None) -> int:
 
     log(f"stage: build {args.family}{' tiny' if args.tiny else ''} on {device} in {dtype} (meta -> to_empty -> "
         f"random init)")
-    built = models.build_model(args.family, tiny=args.tiny, device=device, dtype=dtype, seed=args.seed)
+    built = models.build_model(args.family, tiny=args.tiny, device=device, dtype=dtype, seed=args.seed,
+                               fp8_weights=fp8_weights, context_tokens=args.context_tokens)
     log(f"  built {built.info['class']} / {built.info['diffusion_model']}: {built.params / 1e9:.3f} B params, "
         f"{built.info['weights_gib']} GiB, {built.build_s:.1f} s")
-    width = height = args.res
+    width, height = args.width, args.height
     CTX.family, CTX.tiny, CTX.device, CTX.dtype = args.family, args.tiny, device, dtype
     CTX.width, CTX.height, CTX.steps, CTX.spec, CTX.pack_status = width, height, args.steps, built.spec, pack_status
+    CTX.frames = args.frames
 
     bench = Bench(args=args, device=device, built=built, cfg=args.cfg, sampler=args.sampler,
                   scheduler=args.scheduler, catcher=catcher)
     bench.positive, bench.negative = models.conditioning(built.spec, width, height, guidance=args.guidance,
                                                          seed=args.seed + 1)
-    bench.latent = models.empty_latent(built.spec, width, height)
+    bench.latent = models.empty_latent(built.spec, width, height, frames=args.frames)
     import comfy.sample
+
+    if args.family in NEW_FAMILIES:  # as KSampler does: Qwen-Image's 3-D latent format takes (B, C, 1, H, W)
+        bench.latent = comfy.sample.fix_empty_latent_channels(built.patcher, bench.latent)
 
     bench.noise = comfy.sample.prepare_noise(bench.latent, args.seed)
 
@@ -895,7 +1077,22 @@ def main(argv: list[str] | None = None) -> int:
         "build_s": built.build_s, "unet_config": built.info["unet_config"], "pack_status": pack_status,
         "peak_tflops": args.peak_tflops,
         "context_shape": list(bench.positive[0][0].shape),
+        "frames": args.frames, "uniform_steps": args.uniform_steps if args.uniform_steps < args.steps else 0,
+        "weights": weights_note, "vram_state": vram_note,
     }
+    if args.family in NEW_FAMILIES:
+        import family_models
+
+        config["family_note"] = family_models.family(args.family).note
+        batch = 2 if args.cfg > 1.0 else 1
+        flops = family_models.flops_per_step(args.family, built.spec.unet_config, width, height, args.frames,
+                                             built.spec.context_tokens, batch)
+        config["flops_per_step"] = flops
+        if device.type == "cuda":
+            config["floor_ms"] = flops / (args.peak_tflops * 1e12) * 1000.0
+        log(f"  FLOPs/step {flops:.3g} (CFG batch {batch})" + (
+            f" -> floor {config['floor_ms']:.1f} ms/step at {args.peak_tflops:g} TFLOP/s" if "floor_ms" in config
+            else ""))
     if args.family == "flux":
         flops = models.flux_flops_per_step(built.spec.unet_config, width, height, built.spec.context_tokens)
         config["flops_per_step"] = flops
