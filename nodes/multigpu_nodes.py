@@ -1,0 +1,142 @@
+"""The Multi-GPU node: MODEL in, a clone whose FLUX calls run sequence-parallel on N ranks out. Mechanism: parallel/."""
+from __future__ import annotations
+
+import pickle
+
+import torch
+from comfy_api.latest import io
+
+from ..parallel.attention import MODES
+from ..parallel.launcher import LaunchSpec
+from ..parallel.session import REFUSED_WRAPPERS, ParallelSession, ShardedForward
+
+CATEGORY = "fastlane/speed"
+KEY = "fastlane_multigpu"
+DESCRIPTION = (
+    "Run one image's FLUX model calls on several GPUs at once (sequence parallel): the image and text tokens are "
+    "split across N processes, and attention joins them (Ulysses: all-to-all over heads; kv_gather: each rank "
+    "gathers the full keys/values). ComfyUI's process is rank 0; the node starts N-1 worker processes that take "
+    "the weights from rank 0 over NCCL (gloo on CPU), never through the disk, and again after a LoRA changes them. "
+    "Same result as one GPU up to float rounding. Workers stop when ComfyUI unloads or frees the MODEL, or exits; "
+    "a crashed or hung worker makes the prompt fail with its rank and error (no hang), and the next prompt starts "
+    "new ones. Works with a Fastlane cacher at granularity 'output' (the skip decision is made once, on rank 0; a "
+    "skipped step makes no parallel call). Refused with a clear error: cachers at block granularities, ControlNet, "
+    "attention masks, model patches that replace blocks, Fastlane Compile / CUDA Graph / Quantize on the same "
+    "MODEL (they would apply to rank 0 only), and ComfyUI's lowvram mode. FLUX (and FLUX.2) only for now.")
+
+
+def _flux_class():
+    import comfy.ldm.flux.model
+
+    return comfy.ldm.flux.model.Flux
+
+
+def _devices(model, world: int, device: str) -> tuple[str, tuple[str, ...]]:
+    """(backend, one device per rank): rank 0 keeps ComfyUI's device, the workers take the next GPUs."""
+    load = torch.device(model.load_device)
+    if device == "auto":
+        device = "cuda" if load.type == "cuda" else "cpu"
+    if device == "cpu":
+        if load.type != "cpu":
+            raise ValueError(f"device 'cpu' needs ComfyUI running on the CPU (--cpu); this MODEL runs on {load}")
+        return "gloo", ("cpu",) * world
+    if load.type != "cuda":
+        raise ValueError(f"device 'cuda' needs ComfyUI on a GPU; this MODEL runs on {load}")
+    count = torch.cuda.device_count()
+    if world > count:
+        raise ValueError(f"{world} GPUs asked for, {count} visible")
+    first = load.index or 0
+    return "nccl", tuple(f"cuda:{(first + r) % count}" for r in range(world))
+
+
+def _build_spec(model) -> dict:
+    """What a worker needs to build the same diffusion model class on the meta device."""
+    base, dm = model.model, model.model.diffusion_model
+    cfg = base.model_config
+    build = {"module": type(dm).__module__, "name": type(dm).__name__, "unet_config": dict(cfg.unet_config),
+             "manual_cast_dtype": base.manual_cast_dtype, "fp8": cfg.optimizations.get("fp8", False),
+             "scaled_fp8": getattr(cfg, "scaled_fp8", None), "custom_operations": cfg.custom_operations}
+    try:
+        pickle.dumps(build)
+    except Exception as e:
+        raise ValueError(f"Fastlane Multi-GPU cannot describe this model to the workers ({e}); custom operations "
+                         "(mixed-precision checkpoints) are not supported yet") from e
+    return build
+
+
+def attach(model, gpus: int, attention: str, device: str, timeout_s: float = 600.0):
+    """A clone of ``model`` whose FLUX ``forward_orig`` runs on ``gpus`` ranks; returns (clone, session)."""
+    from comfy.patcher_extension import CallbacksMP
+
+    dm = model.model.diffusion_model
+    if type(dm).forward_orig is not _flux_class().forward_orig:
+        raise ValueError(f"Fastlane Multi-GPU supports FLUX for now; this MODEL is {type(dm).__name__}")
+    if attention == "ulysses" and dm.num_heads % gpus:
+        raise ValueError(f"ulysses splits the {dm.num_heads} attention heads across ranks: pick a rank count that "
+                         f"divides {dm.num_heads}, or attention 'kv_gather'")
+    for wrappers in model.wrappers.values():
+        for key, name in REFUSED_WRAPPERS.items():
+            if wrappers.get(key):
+                raise ValueError(f"Fastlane Multi-GPU does not run {name} on the worker ranks; remove {name} "
+                                 "from this MODEL's chain")
+    cache = model.model_options.get("transformer_options", {}).get("fastlane_cache")
+    if cache is not None and cache.granularity != "output":
+        raise ValueError(f"Fastlane Multi-GPU works with cachers at granularity 'output' only; this MODEL's cacher "
+                         f"uses '{cache.granularity}'")
+    backend, devices = _devices(model, gpus, device)
+    spec = LaunchSpec(world=gpus, backend=backend, devices=devices, timeout_s=float(timeout_s),
+                      threads=torch.get_num_threads())
+    session = ParallelSession(spec, attention, _build_spec(model))
+    patched = model.clone()
+    patched.add_object_patch("diffusion_model.forward_orig", ShardedForward(session, dm, model.model))
+    patched.add_callback_with_key(CallbacksMP.ON_DETACH, KEY, _on_detach(session))
+    return patched, session
+
+
+def _on_detach(session: ParallelSession):
+    """ComfyUI detaches with ``unpatch_all`` when it unloads the MODEL (free memory, unload_all_models); a detach
+    without it happens on every re-load of a model already loaded, which must keep the workers."""
+
+    def on_detach(patcher, unpatch_all: bool = True) -> None:
+        if unpatch_all:
+            session.release()
+
+    return on_detach
+
+
+class FastlaneMultiGPU(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FastlaneMultiGPU",
+            display_name="Fastlane Multi-GPU",
+            category=CATEGORY,
+            description=DESCRIPTION,
+            inputs=[
+                io.Model.Input("model", tooltip="A FLUX / FLUX.2 MODEL (Load Diffusion Model, LoRA, a Fastlane cacher "
+                                                "at granularity 'output')."),
+                io.Int.Input("gpus", default=2, min=2, max=8,
+                             tooltip="Ranks, one process per GPU: ComfyUI's GPU plus gpus-1 more (the next ones)."),
+                io.Combo.Input("attention", options=list(MODES), default="ulysses",
+                               tooltip="ulysses: all-to-all over heads (least traffic; heads must divide by gpus, "
+                                       "FLUX.1 has 24). kv_gather: every rank gathers all keys/values (any gpus)."),
+                io.Combo.Input("device", options=["auto", "cuda", "cpu"], default="auto",
+                               tooltip="auto: NCCL on GPUs when ComfyUI runs on one, else gloo on CPU processes "
+                                       "(for testing: CPU ranks are not faster)."),
+                io.Int.Input("timeout", default=600, min=5, max=7200,
+                             tooltip="Seconds a collective may wait for a worker before the prompt fails (the "
+                                     "first call also sends the weights)."),
+            ],
+            outputs=[io.Model.Output(tooltip="The model, its calls split across the ranks (the input MODEL is "
+                                             "unchanged).")],
+        )
+
+    @classmethod
+    def execute(cls, model, gpus: int, attention: str, device: str, timeout: int = 600) -> io.NodeOutput:
+        if not hasattr(model, "clone") or not hasattr(model, "get_model_object"):
+            raise ValueError(f"Fastlane Multi-GPU needs a MODEL (a ComfyUI ModelPatcher), got {type(model).__name__}")
+        patched, _ = attach(model, gpus, attention, device, timeout)
+        return io.NodeOutput(patched)
+
+
+NODES = [FastlaneMultiGPU]

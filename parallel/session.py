@@ -1,0 +1,177 @@
+"""Rank 0's side of one Fastlane Multi-GPU MODEL: the workers' lifetime and every sharded call.
+
+``ParallelSession`` is what the node's object patch calls in place of the model's ``forward_orig``. Per call it
+checks the graph can be split (no ControlNet, mask, block patches or lowvram), starts the workers on first use (or
+again after ``release``/a failure), re-sends the weights when their state changed (a LoRA/patch: keyed on the
+patcher's weight-patch uuid plus each tensor's storage and version), announces the call, broadcasts its inputs and
+runs rank 0's share.
+
+Failures: a worker that died or hung makes the call raise ``ParallelError`` naming the rank, its exit code and its
+own traceback, within the collective timeout at worst; the session then stops every worker, and the next call
+starts fresh ones. Shutdown: ``release`` (the node calls it when ComfyUI detaches the model), and a
+``weakref.finalize`` when the session is garbage-collected or the interpreter exits.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from typing import Any
+
+import torch
+
+from . import flux, transfer
+from .attention import MODES
+from .launcher import LaunchSpec, Workers
+
+log = logging.getLogger("fastlane")
+# Fastlane wrappers whose work does not reach the workers' copies (see docs/MULTIGPU.md).
+REFUSED_WRAPPERS = {"fastlane_compile": "Fastlane Compile", "fastlane_cuda_graph": "Fastlane CUDA Graph",
+                    "fastlane_quantize": "Fastlane Quantize"}
+
+
+class ParallelError(RuntimeError):
+    """A sequence-parallel call failed because of a worker (died, hung, raised) or cannot be split."""
+
+
+def _close(workers: Workers | None) -> None:
+    if workers is not None:
+        workers.close()
+
+
+class ParallelSession:
+    """The workers and the sharded ``forward_orig`` for one MODEL (its clones share it)."""
+
+    def __init__(self, spec: LaunchSpec, mode: str, build: dict) -> None:
+        if mode not in MODES:
+            raise ValueError(f"attention mode must be one of {MODES}, not '{mode}'")
+        self.spec, self.mode, self.build = spec, mode, build
+        self.workers: Workers | None = None
+        self._finalizer: Any = None
+        self._sent_key: Any = None
+        self._lock = threading.Lock()
+        self.calls = 0  # sharded calls run (rank 0's count; tests and logs read it)
+        self.weight_sends = 0
+
+    # ---- lifetime -------------------------------------------------------------------------------------------
+    @property
+    def worker_pids(self) -> list[int]:
+        return self.workers.pids if self.workers is not None else []
+
+    def _start(self) -> Workers:
+        if self.workers is None:
+            self.workers = Workers(self.spec)
+            self._finalizer = weakref.finalize(self, _close, self.workers)
+            self._sent_key = None
+        return self.workers
+
+    def release(self, graceful: bool = True) -> None:
+        """Stop the workers now (the next call starts new ones)."""
+        workers, self.workers = self.workers, None
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        if workers is not None:
+            workers.close(graceful=graceful)
+
+    def _failure(self, error: BaseException) -> ParallelError:
+        workers = self.workers
+        dead = workers.wait_for_death(3.0) if workers is not None else []
+        if dead:
+            text = f"Fastlane Multi-GPU: {workers.describe(dead)} during a model call"
+        else:
+            text = (f"Fastlane Multi-GPU: a collective between the {self.spec.world} ranks failed or timed out "
+                    f"(timeout {self.spec.timeout_s:.0f} s): {error}")
+        self.release(graceful=False)
+        return ParallelError(text + ". The workers were stopped; queue the prompt again to start new ones.")
+
+    # ---- checks ---------------------------------------------------------------------------------------------
+    def check_splittable(self, model: torch.nn.Module, control: Any, attn_mask: Any, options: dict) -> None:
+        """Raise a clear error for what a sharded call cannot reproduce on the workers."""
+        if control is not None:
+            raise ParallelError("Fastlane Multi-GPU cannot split a call with a ControlNet (it adds to every block's "
+                                "full token sequence); remove the ControlNet or the Multi-GPU node")
+        if attn_mask is not None:
+            raise ParallelError("Fastlane Multi-GPU cannot split a call with an attention mask")
+        cache = options.get("fastlane_cache")
+        if cache is not None and getattr(cache, "granularity", "output") != "output":
+            raise ParallelError(f"Fastlane Multi-GPU works with cachers at granularity 'output' only (the decision "
+                                f"is then made once, on rank 0, before the call); this MODEL's cacher uses "
+                                f"'{cache.granularity}'")
+        patches = {k: v for k, v in options.get("patches", {}).items() if v}
+        replaced = options.get("patches_replace", {}).get("dit", {})
+        if patches or replaced:
+            raise ParallelError(f"Fastlane Multi-GPU cannot split a call with model patches ({sorted(patches)}"
+                                f"{', dit block replacements' if replaced else ''}): they would run on rank 0's "
+                                "tokens only")
+        for keyed in options.get("wrappers", {}).values():
+            for key, name in REFUSED_WRAPPERS.items():
+                if keyed.get(key):
+                    raise ParallelError(f"Fastlane Multi-GPU does not run {name} on the worker ranks; remove "
+                                        f"{name} from this MODEL's chain (see docs/MULTIGPU.md)")
+        for module in model.modules():
+            if getattr(module, "weight_function", None) or getattr(module, "bias_function", None):
+                raise ParallelError("Fastlane Multi-GPU needs rank 0's model fully loaded (ComfyUI loaded it in "
+                                    "lowvram mode, so patched weights exist only on the fly); free VRAM or use "
+                                    "--highvram")
+
+    # ---- one call -------------------------------------------------------------------------------------------
+    def _weights_key(self, model: torch.nn.Module, patches_uuid: Any) -> tuple:
+        state = model.state_dict(keep_vars=True)
+        return patches_uuid, tuple((name, t.data_ptr(), t._version, t.dtype) for name, t in state.items())
+
+    def _send_weights(self, workers: Workers, comm, model: torch.nn.Module, key: tuple) -> None:
+        state = model.state_dict()
+        names, tensors = list(state), list(state.values())
+        workers.post({"op": "weights", "build": self.build, "names": names,
+                      "manifest": transfer.manifest_of(tensors)})
+        transfer.send(comm, tensors)
+        self._sent_key = key
+        self.weight_sends += 1
+
+    def forward(self, model: torch.nn.Module, base_model: Any, img, img_ids, txt, txt_ids, timesteps, y,
+                guidance=None, control=None, transformer_options: dict | None = None, attn_mask=None):
+        """``forward_orig``'s contract, run on ``spec.world`` ranks; returns rank 0's (full) output."""
+        options = {} if transformer_options is None else transformer_options
+        self.check_splittable(model, control, attn_mask, options)
+        with self._lock:
+            try:
+                workers = self._start()
+                dead = workers.dead()
+                if dead:
+                    raise ParallelError("dead worker")
+                from .comm import Comm
+
+                comm = Comm(workers.group, 0, self.spec.world, self._comm_device(), on_error=self._failure)
+                key = self._weights_key(model, getattr(base_model, "current_weight_patches_uuid", None))
+                if key != self._sent_key:
+                    self._send_weights(workers, comm, model, key)
+                inputs = [img, img_ids, txt, txt_ids, timesteps, y, guidance]
+                workers.post({"op": "call", "mode": self.mode, "manifest": transfer.manifest_of(inputs)})
+                transfer.send(comm, inputs)
+                out = flux.run_sharded(model, comm, self.mode, img, img_ids, txt, txt_ids, timesteps, y, guidance,
+                                       options)
+                self.calls += 1
+                return out.to(img.device)
+            except ParallelError as e:
+                if self.workers is not None:  # not yet turned into a clear message by _failure
+                    raise self._failure(e) from e
+                raise
+            except BaseException:
+                self.release(graceful=False)  # a worker may be waiting inside a collective: don't leave it there
+                raise
+
+    def _comm_device(self) -> torch.device:
+        return torch.device(self.spec.devices[0]) if self.spec.backend == "nccl" else torch.device("cpu")
+
+
+class ShardedForward:
+    """The object patch for ``diffusion_model.forward_orig``: the model's own call signature, run by the session."""
+
+    def __init__(self, session: ParallelSession, model: torch.nn.Module, base_model: Any) -> None:
+        self.session, self.model, self.base_model = session, model, base_model
+
+    def __call__(self, img, img_ids, txt, txt_ids, timesteps, y, guidance=None, control=None,
+                 transformer_options={}, attn_mask=None):  # noqa: B006 (ComfyUI's signature)
+        return self.session.forward(self.model, self.base_model, img, img_ids, txt, txt_ids, timesteps, y, guidance,
+                                    control, transformer_options, attn_mask)

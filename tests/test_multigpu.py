@@ -1,0 +1,196 @@
+"""Fastlane Multi-GPU on CPU: real worker processes joined by gloo, ComfyUI's real Flux class (tiny configs).
+
+The parallel output must equal the single-process output within float32 tolerance (Ulysses and K/V all-gather,
+2-4 ranks, token counts that do not divide evenly), inside ComfyUI's real sampler too; an output-granularity cacher
+must decide the same steps; workers must exit when the MODEL is unloaded or released, and a killed or hung worker
+must fail the call with a clear error in bounded time."""
+import gc
+import os
+import signal
+import time
+
+import pytest
+import torch
+from tiny_models import BlockCounter, flux_conditioning, sample, tiny_flux
+
+import nodes
+
+NODE = nodes.NODE_CLASS_MAPPINGS
+ALL = {"start": 0.0, "end": 1.0}
+
+
+def multigpu(model, gpus=2, attention="ulysses", timeout=30):
+    return NODE["FastlaneMultiGPU"].execute(model=model, gpus=gpus, attention=attention, device="cpu",
+                                            timeout=timeout).result[0]
+
+
+def session_of(model):
+    return model.object_patches["diffusion_model.forward_orig"].session
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def direct_call(patcher, size=(6, 10), tokens=5, batch=1, seed=0):
+    """One diffusion-model call with this patcher loaded (uneven splits: 15 img + 5 txt tokens)."""
+    import comfy.model_management as mm
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 16, *size, generator=g)
+    context = torch.randn(batch, tokens, 32, generator=g)
+    y = torch.randn(batch, 32, generator=g)
+    mm.load_models_gpu([patcher])
+    with torch.no_grad():
+        return patcher.model.diffusion_model(x, torch.full((batch,), 0.7), context, y, torch.full((batch,), 3.5),
+                                             transformer_options={})
+
+
+def close(actual, expected, tol=2e-5):
+    return (actual - expected).abs().max().item() <= tol * expected.abs().max().item()
+
+
+@pytest.fixture(scope="module")
+def flux():
+    return tiny_flux()
+
+
+@pytest.mark.parametrize("gpus,attention,heads", [(2, "ulysses", 2), (3, "kv_gather", 2), (4, "ulysses", 4)])
+def test_one_call_equals_single_process(gpus, attention, heads):
+    model = tiny_flux(seed=1, num_heads=heads, axes_dim=[8, 12, 12] if heads == 2 else [4, 6, 6])
+    reference = direct_call(model, batch=2)
+    parallel = multigpu(model, gpus, attention)
+    out = direct_call(parallel, batch=2)
+    session = session_of(parallel)
+    assert session.calls == 1 and len(session.worker_pids) == gpus - 1
+    assert close(out, reference), (out - reference).abs().max()
+    session.release()
+
+
+def test_sampling_matches_and_weights_follow_patches(flux):
+    reference = sample(flux, steps=4, size=32, cfg=2.0)
+    parallel = multigpu(flux, 2, "kv_gather")
+    session = session_of(parallel)
+    assert close(sample(parallel, steps=4, size=32, cfg=2.0), reference)
+    assert session.calls == 4 and session.weight_sends == 1
+    # A LoRA-like weight patch on top: the workers must get the patched weights (re-sent once).
+    key = "diffusion_model.double_blocks.0.img_attn.qkv.weight"
+    weight = flux.model.state_dict()[key]
+    lora = parallel.clone()
+    lora.add_patches({key: (torch.randn(weight.shape, generator=torch.Generator().manual_seed(3)) * 0.2,)}, 1.0)
+    single_lora = flux.clone()
+    single_lora.add_patches({key: lora.patches[key][0][1]}, 1.0)
+    patched_reference = sample(single_lora, steps=4, size=32, cfg=2.0)
+    assert session.calls == 4  # ComfyUI restored forward_orig for the plain patcher: it ran in this process only
+    assert not close(patched_reference, reference)
+    assert close(sample(lora, steps=4, size=32, cfg=2.0), patched_reference)
+    assert session.weight_sends >= 2
+    session.release()
+
+
+def test_output_cache_decides_the_same_steps(flux):
+    adaptive = dict(threshold=1.0, max_skips=3, order=1, warmup_steps=2, granularity="output", **ALL)
+    single = NODE["FastlaneAdaptiveCache"].execute(model=flux, **adaptive).result[0]
+    counter = BlockCounter(flux)
+    try:
+        reference = sample(single, steps=10, size=32)
+        single_calls = counter.calls // counter.blocks
+        counter.calls = 0
+        # cacher after Multi-GPU, and Multi-GPU after the cacher: both decide on rank 0, once per step
+        for model in (NODE["FastlaneAdaptiveCache"].execute(model=multigpu(flux), **adaptive).result[0],
+                      multigpu(single)):
+            session = session_of(model)
+            out = sample(model, steps=10, size=32)
+            assert close(out, reference)
+            assert session.calls == single_calls == counter.calls // counter.blocks < 10
+            counter.calls = 0
+            session.release()
+    finally:
+        counter.close()
+
+
+def test_block_granularity_and_controlnet_style_patches_are_refused(flux):
+    blocks = NODE["FastlaneFORA"].execute(model=flux, interval=2, granularity="blocks", **ALL).result[0]
+    with pytest.raises(ValueError, match="granularity 'output' only"):
+        multigpu(blocks)
+    later = NODE["FastlaneFORA"].execute(model=multigpu(flux), interval=2, granularity="blocks", **ALL).result[0]
+    with pytest.raises(RuntimeError, match="granularity 'output' only"):
+        sample(later, steps=2)
+    assert session_of(later).worker_pids == []  # refused before any worker started
+    with pytest.raises(ValueError, match="divides 2"):
+        multigpu(flux, 3, "ulysses")
+
+
+def test_workers_exit_when_the_model_is_unloaded_or_released(flux):
+    import comfy.model_management as mm
+
+    parallel = multigpu(flux)
+    direct_call(parallel)
+    pids = session_of(parallel).worker_pids
+    assert pids and all(alive(p) for p in pids)
+    mm.unload_all_models()  # ComfyUI detaches the MODEL: the workers stop
+    assert not any(alive(p) for p in pids)
+    direct_call(parallel)  # the next call starts new ones
+    pids = session_of(parallel).worker_pids
+    assert pids and all(alive(p) for p in pids)
+    mm.unload_all_models()
+    direct_call(parallel)
+    pids = session_of(parallel).worker_pids
+    mm.load_models_gpu([flux])  # another patcher of the same model takes its place: detached
+    del parallel
+    gc.collect()
+    assert not any(alive(p) for p in pids)
+
+
+def test_killed_worker_fails_the_prompt_clearly_and_the_next_one_recovers(flux):
+    from fastlane.parallel.session import ParallelError
+
+    parallel = multigpu(flux, 3, "kv_gather")
+    session = session_of(parallel)
+    reference = sample(flux, steps=4, size=32)
+
+    def kill_at_step_1(step, *args):
+        if step == 1:
+            os.kill(session.worker_pids[1], signal.SIGKILL)
+
+    start = time.monotonic()
+    with pytest.raises(ParallelError, match=r"worker rank 2 \(pid \d+\) was killed by signal 9"):
+        sample_with_callback(parallel, kill_at_step_1)
+    assert time.monotonic() - start < 20
+    assert session.worker_pids == []
+    assert close(sample(parallel, steps=4, size=32), reference)  # fresh workers
+    session.release()
+
+
+def test_hung_worker_times_out_instead_of_hanging(flux):
+    from fastlane.parallel.session import ParallelError
+
+    parallel = multigpu(flux, 2, "ulysses", timeout=5)
+    direct_call(parallel)
+    session = session_of(parallel)
+    pid = session.worker_pids[0]
+    os.kill(pid, signal.SIGSTOP)
+    start = time.monotonic()
+    with pytest.raises(ParallelError, match="failed or timed out"):
+        direct_call(parallel)
+    assert time.monotonic() - start < 15
+    assert not alive(pid)
+
+
+def sample_with_callback(model, callback, steps=4):
+    import comfy.sample
+
+    latent = torch.zeros(1, 16, 4, 4)
+    return comfy.sample.sample(model, comfy.sample.prepare_noise(latent, 0), steps, 1.0, "euler", "simple",
+                               flux_conditioning(1), flux_conditioning(2), latent, seed=0, disable_pbar=True,
+                               callback=callback)
+
+
+def test_node_schema_has_tooltips_and_description():
+    schema = NODE["FastlaneMultiGPU"].define_schema()
+    assert "output" in schema.description and "ControlNet" in schema.description
+    assert all(i.tooltip for i in schema.inputs) and all(o.tooltip for o in schema.outputs)
