@@ -546,7 +546,7 @@ def run_row(bench: Bench, r: Row, budget: float) -> dict[str, Any]:
             if r.name in args.profile.split(",") and warm_s:
                 import profiling
 
-                res["profile"] = profiling.profile_run(one_run, lambda: sync(device), args.steps)
+                res["profile"] = profiling.profile_run(one_run, lambda: sync(device), bench.steps)
                 log(profiling.text(r.name, res["profile"]))
     except RowSkipped as e:
         res["status"] = str(e) if str(e).startswith("skipped") else f"skipped: {e}"
