@@ -465,6 +465,8 @@ def run_row(bench: Bench, r: Row, budget: float) -> dict[str, Any]:
 
     args, device = bench.args, bench.device
     res: dict[str, Any] = {"row": r.name, "kind": r.kind, "note": r.note, "status": "ok", "guard_s": budget}
+    if bench.built is not None and bench.built.spec.extra.get("fp8_weights") and r.kind == "patcher":
+        res["note"] += " [base weights float8_e4m3fn (--weights fp8): eager = UNETLoader weight_dtype fp8_e4m3fn]"
     warm_ms: list[list[float]] = []
     warm_s: list[float] = []
     t_row = time.perf_counter()
