@@ -49,10 +49,8 @@ def make_group(backend: str, store: Any, rank: int, world: int, timeout_s: float
     if backend == "gloo":
         return dist.ProcessGroupGloo(store, rank, world, timedelta(timeout_s))
     if backend == "nccl":
-        torch.cuda.set_device(torch.device(device))
-        options = dist.ProcessGroupNCCL.Options()
-        options._timeout = timedelta(timeout_s)
-        return dist.ProcessGroupNCCL(store, rank, world, options)
+        torch.cuda.set_device(torch.device(device))  # NCCL binds each rank to the current device on first use
+        return dist.ProcessGroupNCCL(store, rank, world, timedelta(timeout_s))
     raise ValueError(f"backend must be gloo or nccl, not '{backend}'")
 
 

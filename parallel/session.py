@@ -76,7 +76,7 @@ class ParallelSession:
 
     def _failure(self, error: BaseException) -> ParallelError:
         workers = self.workers
-        dead = workers.wait_for_death(3.0) if workers is not None else []
+        dead = workers.wait_for_death(2.0) if workers is not None else []
         if dead:
             text = f"Fastlane Multi-GPU: {workers.describe(dead)} during a model call"
         else:
@@ -117,8 +117,12 @@ class ParallelSession:
 
     # ---- one call -------------------------------------------------------------------------------------------
     def _weights_key(self, model: torch.nn.Module, patches_uuid: Any) -> tuple:
+        """What identifies the weights the workers hold: ComfyUI's weight-patch uuid (a LoRA / patch change), and
+        each tensor's storage and, where torch tracks it, in-place version (inference tensors, as ComfyUI loads
+        them under inference_mode, have none)."""
         state = model.state_dict(keep_vars=True)
-        return patches_uuid, tuple((name, t.data_ptr(), t._version, t.dtype) for name, t in state.items())
+        return patches_uuid, tuple((name, t.data_ptr(), -1 if t.is_inference() else t._version, t.dtype)
+                                   for name, t in state.items())
 
     def _send_weights(self, workers: Workers, comm, model: torch.nn.Module, key: tuple) -> None:
         state = model.state_dict()

@@ -36,7 +36,7 @@ def alive(pid: int) -> bool:
     return True
 
 
-def direct_call(patcher, size=(6, 10), tokens=5, batch=1, seed=0):
+def direct_call(patcher, size=(6, 10), tokens=5, batch=1, seed=0, **kwargs):
     """One diffusion-model call with this patcher loaded (uneven splits: 15 img + 5 txt tokens)."""
     import comfy.model_management as mm
 
@@ -47,7 +47,7 @@ def direct_call(patcher, size=(6, 10), tokens=5, batch=1, seed=0):
     mm.load_models_gpu([patcher])
     with torch.no_grad():
         return patcher.model.diffusion_model(x, torch.full((batch,), 0.7), context, y, torch.full((batch,), 3.5),
-                                             transformer_options={})
+                                             transformer_options={}, **kwargs)
 
 
 def close(actual, expected, tol=2e-5):
@@ -113,7 +113,7 @@ def test_output_cache_decides_the_same_steps(flux):
         counter.close()
 
 
-def test_block_granularity_and_controlnet_style_patches_are_refused(flux):
+def test_block_granularity_controlnet_and_indivisible_heads_are_refused(flux):
     blocks = NODE["FastlaneFORA"].execute(model=flux, interval=2, granularity="blocks", **ALL).result[0]
     with pytest.raises(ValueError, match="granularity 'output' only"):
         multigpu(blocks)
@@ -123,6 +123,29 @@ def test_block_granularity_and_controlnet_style_patches_are_refused(flux):
     assert session_of(later).worker_pids == []  # refused before any worker started
     with pytest.raises(ValueError, match="divides 2"):
         multigpu(flux, 3, "ulysses")
+    parallel = multigpu(flux)
+    with pytest.raises(RuntimeError, match="cannot split a call with a ControlNet"):
+        direct_call(parallel, control={"input": [torch.zeros(1, 15, 64)], "output": []})
+    assert session_of(parallel).worker_pids == []
+
+
+def test_compile_and_quantize_are_refused_in_either_order(flux):
+    def compiled(model):
+        return NODE["FastlaneCompile"].execute(model=model, scope="regional", backend="eager", mode="default",
+                                               dynamic="auto", fullgraph=False).result[0]
+
+    def quantized(model):
+        return NODE["FastlaneQuantize"].execute(model=model, scheme="int8_weight_only", filter="none",
+                                                regex="").result[0]
+
+    for attach_first in (compiled, quantized):
+        with pytest.raises(ValueError, match="does not run Fastlane (Compile|Quantize) on the worker ranks"):
+            multigpu(attach_first(flux))
+    for attach_after in (compiled, quantized):
+        later = attach_after(multigpu(flux))
+        with pytest.raises(RuntimeError, match="does not run Fastlane (Compile|Quantize) on the worker ranks"):
+            sample(later, steps=2)
+        assert session_of(later).worker_pids == []
 
 
 def test_workers_exit_when_the_model_is_unloaded_or_released(flux):
@@ -188,6 +211,35 @@ def sample_with_callback(model, callback, steps=4):
     return comfy.sample.sample(model, comfy.sample.prepare_noise(latent, 0), steps, 1.0, "euler", "simple",
                                flux_conditioning(1), flux_conditioning(2), latent, seed=0, disable_pbar=True,
                                callback=callback)
+
+
+def test_ksampler_graph_through_comfyui_matches(graph):
+    """The node inside a real ComfyUI prompt (PromptExecutor, core KSampler) on the demo FLUX-class model."""
+    def ksampler(model):
+        return {"class_type": "KSampler", "inputs": {
+            "model": model, "positive": ["prompt", 0], "negative": ["negative", 0], "latent_image": ["latent", 0],
+            "seed": 3, "steps": 3, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}}
+
+    prompt = {
+        "loader": {"class_type": "FastlaneDemoModelLoader", "inputs": {"family": "flux"}},
+        "prompt": {"class_type": "FastlaneDemoPrompt", "inputs": {"family": "flux", "subject": "none"}},
+        "negative": {"class_type": "FastlaneDemoPrompt", "inputs": {"family": "flux", "subject": "none"}},
+        "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "multigpu": {"class_type": "FastlaneMultiGPU", "inputs": {"model": ["loader", 0], "gpus": 2,
+                                                                  "attention": "kv_gather", "device": "cpu",
+                                                                  "timeout": 30}},
+        "single": ksampler(["loader", 0]),
+        "parallel": ksampler(["multigpu", 0]),
+    }
+    for name in ("single", "parallel"):  # output nodes, so ComfyUI executes both branches
+        prompt[f"decode_{name}"] = {"class_type": "FastlaneDemoDecode", "inputs": {"family": "flux",
+                                                                                 "samples": [name, 0]}}
+        prompt[f"preview_{name}"] = {"class_type": "PreviewImage", "inputs": {"images": [f"decode_{name}", 0]}}
+    outputs = graph.run(prompt)["outputs"]
+    single, parallel = outputs["single"][0]["samples"], outputs["parallel"][0]["samples"]
+    assert close(parallel, single, tol=1e-4)
+    assert session_of(outputs["multigpu"][0]).calls == 3
+    session_of(outputs["multigpu"][0]).release()
 
 
 def test_node_schema_has_tooltips_and_description():
