@@ -1,4 +1,5 @@
-"""The Multi-GPU node: MODEL in, a clone whose FLUX calls run sequence-parallel on N ranks out. Mechanism: parallel/."""
+"""The Multi-GPU node: MODEL in, a clone whose FLUX / Wan calls run sequence-parallel on N ranks out. Mechanism:
+parallel/."""
 from __future__ import annotations
 
 import pickle
@@ -6,14 +7,20 @@ import pickle
 import torch
 from comfy_api.latest import io
 
+from ..parallel import wan
 from ..parallel.attention import MODES
 from ..parallel.launcher import LaunchSpec
-from ..parallel.session import REFUSED_WRAPPERS, ParallelSession, ShardedForward
+from ..parallel.session import (
+    REFUSED_WRAPPERS,
+    ParallelSession,
+    ShardedForward,
+    WanShardedForward,
+)
 
 CATEGORY = "fastlane/speed"
 KEY = "fastlane_multigpu"
 DESCRIPTION = (
-    "Run one image's FLUX model calls on several GPUs at once (sequence parallel): the image and text tokens are "
+    "Run one image's (or video's) model calls on several GPUs at once (sequence parallel): the image and text tokens are "
     "split across N processes, and attention joins them (Ulysses: all-to-all over heads; kv_gather: each rank "
     "gathers the full keys/values). ComfyUI's process is rank 0; the node starts N-1 worker processes that take "
     "the weights from rank 0 over NCCL (gloo on CPU), never through the disk, and again after a LoRA changes them. "
@@ -22,13 +29,22 @@ DESCRIPTION = (
     "new ones. Works with a Fastlane cacher at granularity 'output' (the skip decision is made once, on rank 0; a "
     "skipped step makes no parallel call). Refused with a clear error: cachers at block granularities, ControlNet, "
     "attention masks, model patches that replace blocks, Fastlane Compile / CUDA Graph / Quantize on the same "
-    "MODEL (they would apply to rank 0 only), and ComfyUI's lowvram mode. FLUX (and FLUX.2) only for now.")
+    "MODEL (they would apply to rank 0 only), and ComfyUI's lowvram mode. Models: FLUX / FLUX.2, and Wan 2.1/2.2 "
+    "text/image-to-video (not VACE, camera, S2V, HuMo, Animate).")
 
 
-def _flux_class():
+def _family(dm) -> str:
+    """"flux" or "wan" when ``dm`` runs the exact ``forward_orig`` the sharded call was written for."""
     import comfy.ldm.flux.model
+    import comfy.ldm.wan.model
 
-    return comfy.ldm.flux.model.Flux
+    if type(dm).forward_orig is comfy.ldm.flux.model.Flux.forward_orig:
+        return "flux"
+    if type(dm).forward_orig is comfy.ldm.wan.model.WanModel.forward_orig and all(
+            type(b) is comfy.ldm.wan.model.WanAttentionBlock for b in dm.blocks):
+        return "wan"
+    raise ValueError(f"Fastlane Multi-GPU supports FLUX / FLUX.2 and Wan 2.1/2.2 (text/image to video) for now; "
+                     f"this MODEL is {type(dm).__name__}")
 
 
 def _devices(model, world: int, device: str) -> tuple[str, tuple[str, ...]]:
@@ -49,11 +65,11 @@ def _devices(model, world: int, device: str) -> tuple[str, tuple[str, ...]]:
     return "nccl", tuple(f"cuda:{(first + r) % count}" for r in range(world))
 
 
-def _build_spec(model) -> dict:
+def _build_spec(model, family: str) -> dict:
     """What a worker needs to build the same diffusion model class on the meta device."""
     base, dm = model.model, model.model.diffusion_model
     cfg = base.model_config
-    build = {"module": type(dm).__module__, "name": type(dm).__name__, "unet_config": dict(cfg.unet_config),
+    build = {"family": family, "module": type(dm).__module__, "name": type(dm).__name__, "unet_config": dict(cfg.unet_config),
              "manual_cast_dtype": base.manual_cast_dtype, "fp8": cfg.optimizations.get("fp8", False),
              "scaled_fp8": getattr(cfg, "scaled_fp8", None), "custom_operations": cfg.custom_operations}
     try:
@@ -69,8 +85,7 @@ def attach(model, gpus: int, attention: str, device: str, timeout_s: float = 600
     from comfy.patcher_extension import CallbacksMP
 
     dm = model.model.diffusion_model
-    if type(dm).forward_orig is not _flux_class().forward_orig:
-        raise ValueError(f"Fastlane Multi-GPU supports FLUX for now; this MODEL is {type(dm).__name__}")
+    family = _family(dm)
     if attention == "ulysses" and dm.num_heads % gpus:
         raise ValueError(f"ulysses splits the {dm.num_heads} attention heads across ranks: pick a rank count that "
                          f"divides {dm.num_heads}, or attention 'kv_gather'")
@@ -86,9 +101,14 @@ def attach(model, gpus: int, attention: str, device: str, timeout_s: float = 600
     backend, devices = _devices(model, gpus, device)
     spec = LaunchSpec(world=gpus, backend=backend, devices=devices, timeout_s=float(timeout_s),
                       threads=torch.get_num_threads())
-    session = ParallelSession(spec, attention, _build_spec(model))
+    session = ParallelSession(spec, attention, _build_spec(model, family))
     patched = model.clone()
-    patched.add_object_patch("diffusion_model.forward_orig", ShardedForward(session, dm, model.model))
+    forward = (ShardedForward if family == "flux" else WanShardedForward)(session, dm, model.model)
+    patched.add_object_patch("diffusion_model.forward_orig", forward)
+    if family == "wan":  # arm the parallel attention for self-attention only (cross-attention stays local)
+        for path in wan.self_attention_paths(dm):
+            module = dm.get_submodule(path)
+            patched.add_object_patch(f"diffusion_model.{path}.forward", wan.SelfAttentionHook(module))
     patched.add_callback_with_key(CallbacksMP.ON_DETACH, KEY, _on_detach(session))
     return patched, session
 
@@ -113,8 +133,8 @@ class FastlaneMultiGPU(io.ComfyNode):
             category=CATEGORY,
             description=DESCRIPTION,
             inputs=[
-                io.Model.Input("model", tooltip="A FLUX / FLUX.2 MODEL (Load Diffusion Model, LoRA, a Fastlane cacher "
-                                                "at granularity 'output')."),
+                io.Model.Input("model", tooltip="A FLUX / FLUX.2 or Wan 2.1/2.2 MODEL (Load Diffusion Model, LoRA, a "
+                                                "Fastlane cacher at granularity 'output')."),
                 io.Int.Input("gpus", default=2, min=2, max=8,
                              tooltip="Ranks, one process per GPU: ComfyUI's GPU plus gpus-1 more (the next ones)."),
                 io.Combo.Input("attention", options=list(MODES), default="ulysses",

@@ -34,10 +34,10 @@ def original_forward_orig(model: torch.nn.Module) -> Callable:
     return type(model).forward_orig.__get__(model)
 
 
-def run_sharded(model: torch.nn.Module, comm: Comm, mode: str, img: torch.Tensor, img_ids: torch.Tensor,
-                txt: torch.Tensor, txt_ids: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None,
-                guidance: torch.Tensor | None, transformer_options: dict) -> torch.Tensor:
-    """This rank's part of one ``forward_orig`` call; returns the full (B, img_tokens, C) output on every rank."""
+def run(model: torch.nn.Module, comm: Comm, mode: str, inputs: list, transformer_options: dict) -> torch.Tensor:
+    """``inputs``: ``forward_orig``'s (img, img_ids, txt, txt_ids, timesteps, y, guidance), full and identical on
+    every rank. Runs this rank's share; returns the full (B, img_tokens, C) output on every rank."""
+    img, img_ids, txt, txt_ids, timesteps, y, guidance = inputs
     world, rank = comm.world, comm.rank
     img_sizes, txt_sizes = split_sizes(img.shape[1], world), split_sizes(txt.shape[1], world)
     lengths = [a + b for a, b in zip(txt_sizes, img_sizes)]
@@ -53,3 +53,7 @@ def run_sharded(model: torch.nn.Module, comm: Comm, mode: str, img: torch.Tensor
         else:
             transformer_options[OVERRIDE] = previous
     return torch.cat(comm.all_gather_seq(local, img_sizes, dim=1), dim=1)
+
+
+def prepare_worker(model: torch.nn.Module) -> None:
+    """Nothing to install on a worker's FLUX copy."""

@@ -20,12 +20,13 @@ from typing import Any
 
 import torch
 
-from . import flux, transfer
+from . import flux, transfer, wan
 from .attention import MODES
 from .launcher import LaunchSpec, Workers
 
 log = logging.getLogger("fastlane")
 # Fastlane wrappers whose work does not reach the workers' copies (see docs/MULTIGPU.md).
+FAMILIES = {"flux": flux, "wan": wan}
 REFUSED_WRAPPERS = {"fastlane_compile": "Fastlane Compile", "fastlane_cuda_graph": "Fastlane CUDA Graph",
                     "fastlane_quantize": "Fastlane Quantize"}
 
@@ -86,13 +87,18 @@ class ParallelSession:
         return ParallelError(text + ". The workers were stopped; queue the prompt again to start new ones.")
 
     # ---- checks ---------------------------------------------------------------------------------------------
-    def check_splittable(self, model: torch.nn.Module, control: Any, attn_mask: Any, options: dict) -> None:
+    def check_splittable(self, model: torch.nn.Module, options: dict, control: Any = None, attn_mask: Any = None,
+                         extra: dict | None = None) -> None:
         """Raise a clear error for what a sharded call cannot reproduce on the workers."""
         if control is not None:
             raise ParallelError("Fastlane Multi-GPU cannot split a call with a ControlNet (it adds to every block's "
                                 "full token sequence); remove the ControlNet or the Multi-GPU node")
         if attn_mask is not None:
             raise ParallelError("Fastlane Multi-GPU cannot split a call with an attention mask")
+        unknown = sorted(k for k, v in (extra or {}).items() if v is not None)
+        if unknown:
+            raise ParallelError(f"Fastlane Multi-GPU cannot split a call with {unknown} yet (reference latents, "
+                                "audio or other extra inputs)")
         cache = options.get("fastlane_cache")
         if cache is not None and getattr(cache, "granularity", "output") != "output":
             raise ParallelError(f"Fastlane Multi-GPU works with cachers at granularity 'output' only (the decision "
@@ -133,16 +139,14 @@ class ParallelSession:
         self._sent_key = key
         self.weight_sends += 1
 
-    def forward(self, model: torch.nn.Module, base_model: Any, img, img_ids, txt, txt_ids, timesteps, y,
-                guidance=None, control=None, transformer_options: dict | None = None, attn_mask=None):
-        """``forward_orig``'s contract, run on ``spec.world`` ranks; returns rank 0's (full) output."""
-        options = {} if transformer_options is None else transformer_options
-        self.check_splittable(model, control, attn_mask, options)
+    def forward(self, family: str, model: torch.nn.Module, base_model: Any, inputs: list, options: dict
+                ) -> torch.Tensor:
+        """One ``forward_orig`` call of ``family`` ("flux", "wan") on ``spec.world`` ranks: ``inputs`` are its
+        tensors (None allowed), the same list the family's ``run`` takes; returns rank 0's (full) output."""
         with self._lock:
             try:
                 workers = self._start()
-                dead = workers.dead()
-                if dead:
+                if workers.dead():
                     raise ParallelError("dead worker")
                 from .comm import Comm
 
@@ -150,13 +154,12 @@ class ParallelSession:
                 key = self._weights_key(model, getattr(base_model, "current_weight_patches_uuid", None))
                 if key != self._sent_key:
                     self._send_weights(workers, comm, model, key)
-                inputs = [img, img_ids, txt, txt_ids, timesteps, y, guidance]
-                workers.post({"op": "call", "mode": self.mode, "manifest": transfer.manifest_of(inputs)})
+                workers.post({"op": "call", "family": family, "mode": self.mode,
+                              "manifest": transfer.manifest_of(inputs)})
                 transfer.send(comm, inputs)
-                out = flux.run_sharded(model, comm, self.mode, img, img_ids, txt, txt_ids, timesteps, y, guidance,
-                                       options)
+                out = FAMILIES[family].run(model, comm, self.mode, inputs, options)
                 self.calls += 1
-                return out.to(img.device)
+                return out.to(inputs[0].device)
             except ParallelError as e:
                 if self.workers is not None:  # not yet turned into a clear message by _failure
                     raise self._failure(e) from e
@@ -170,12 +173,27 @@ class ParallelSession:
 
 
 class ShardedForward:
-    """The object patch for ``diffusion_model.forward_orig``: the model's own call signature, run by the session."""
+    """The object patch for FLUX's ``diffusion_model.forward_orig``: its call signature, run by the session."""
+
+    family = "flux"
 
     def __init__(self, session: ParallelSession, model: torch.nn.Module, base_model: Any) -> None:
         self.session, self.model, self.base_model = session, model, base_model
 
     def __call__(self, img, img_ids, txt, txt_ids, timesteps, y, guidance=None, control=None,
                  transformer_options={}, attn_mask=None):  # noqa: B006 (ComfyUI's signature)
-        return self.session.forward(self.model, self.base_model, img, img_ids, txt, txt_ids, timesteps, y, guidance,
-                                    control, transformer_options, attn_mask)
+        options = {} if transformer_options is None else transformer_options
+        self.session.check_splittable(self.model, options, control=control, attn_mask=attn_mask)
+        return self.session.forward("flux", self.model, self.base_model,
+                                    [img, img_ids, txt, txt_ids, timesteps, y, guidance], options)
+
+
+class WanShardedForward(ShardedForward):
+    """The object patch for Wan's ``diffusion_model.forward_orig``."""
+
+    family = "wan"
+
+    def __call__(self, x, t, context, clip_fea=None, freqs=None, transformer_options={}, **kwargs):  # noqa: B006
+        options = {} if transformer_options is None else transformer_options
+        self.session.check_splittable(self.model, options, control=kwargs.pop("control", None), extra=kwargs)
+        return self.session.forward("wan", self.model, self.base_model, [x, t, context, clip_fea, freqs], options)

@@ -41,9 +41,11 @@ def build_model(build: dict) -> torch.nn.Module:
 
 def load_weights(comm, op: dict, model: torch.nn.Module | None, build: dict | None, device: torch.device):
     from . import transfer
+    from .session import FAMILIES
 
     if model is None or op["build"] != build:
         model = build_model(op["build"])
+        FAMILIES[op["build"]["family"]].prepare_worker(model)
     tensors = transfer.receive(comm, op["manifest"], device)
     state = dict(zip(op["names"], tensors))
     model.load_state_dict(state, strict=True, assign=True)
@@ -54,11 +56,12 @@ def load_weights(comm, op: dict, model: torch.nn.Module | None, build: dict | No
 
 
 def run_call(comm, op: dict, model: torch.nn.Module, device: torch.device) -> None:
-    from . import flux, transfer
+    from . import transfer
+    from .session import FAMILIES
 
-    img, img_ids, txt, txt_ids, timesteps, y, guidance = transfer.receive(comm, op["manifest"], device)
+    inputs = transfer.receive(comm, op["manifest"], device)
     with torch.inference_mode():
-        flux.run_sharded(model, comm, op["mode"], img, img_ids, txt, txt_ids, timesteps, y, guidance, {})
+        FAMILIES[op["family"]].run(model, comm, op["mode"], inputs, {})
 
 
 def main(config_json: str) -> None:

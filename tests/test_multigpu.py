@@ -242,6 +242,70 @@ def test_ksampler_graph_through_comfyui_matches(graph):
     session_of(outputs["multigpu"][0]).release()
 
 
+WAN = {"image_model": "wan2.1", "model_type": "t2v", "dim": 32, "ffn_dim": 64, "num_heads": 2, "num_layers": 2,
+       "in_dim": 16, "out_dim": 16, "text_dim": 32, "patch_size": (1, 2, 2), "freq_dim": 32, "window_size": (-1, -1),
+       "qk_norm": True, "cross_attn_norm": True, "eps": 1e-6}
+
+
+def tiny_wan(seed: int = 0):
+    """A real ModelPatcher around ComfyUI's real WanModel (Wan 2.1 text-to-video layout, 2 blocks, dim 32)."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = comfy.supported_models.WAN21_T2V(dict(WAN))
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.diffusion_model.parameters():
+            p.normal_(0.0, 0.1)
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def wan_call(patcher, per_frame: bool = False):
+    """One Wan call: 3 frames of 6x10 latents = 45 video tokens (uneven on 2 ranks), 7 text tokens, batch 2;
+    ``per_frame``: one timestep per latent frame (Wan 2.2's masked-timestep modulation)."""
+    import comfy.model_management as mm
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 16, 3, 6, 10, generator=g)
+    context = torch.randn(2, 7, 32, generator=g)
+    t = torch.tensor([[0.9, 0.5, 0.2], [0.7, 0.7, 0.1]]) if per_frame else torch.tensor([0.6, 0.3])
+    mm.load_models_gpu([patcher])
+    with torch.no_grad():
+        return patcher.model.diffusion_model(x, t * 1000, context, transformer_options={})
+
+
+def test_wan_calls_equal_single_process():
+    model = tiny_wan()
+    references = [wan_call(model), wan_call(model, per_frame=True)]
+    for gpus, attention in ((2, "ulysses"), (3, "kv_gather")):
+        parallel = multigpu(model, gpus, attention)
+        for per_frame, reference in zip((False, True), references):
+            out = wan_call(parallel, per_frame)
+            assert close(out, reference), (gpus, attention, per_frame, (out - reference).abs().max())
+        assert session_of(parallel).calls == 2
+        session_of(parallel).release()
+    assert close(sample_wan(multigpu(model)), sample_wan(model))
+
+
+def sample_wan(model):
+    import comfy.sample
+
+    g = torch.Generator().manual_seed(1)
+    positive = [[torch.randn(1, 7, 32, generator=g), {}]]
+    negative = [[torch.randn(1, 7, 32, generator=g), {}]]
+    latent = torch.zeros(1, 16, 2, 4, 6)
+    out = comfy.sample.sample(model, comfy.sample.prepare_noise(latent, 0), 3, 3.0, "euler", "simple", positive,
+                              negative, latent, seed=0, disable_pbar=True)
+    if "diffusion_model.forward_orig" in model.object_patches:
+        assert session_of(model).calls == 3
+        session_of(model).release()
+    return out
+
+
 def test_node_schema_has_tooltips_and_description():
     schema = NODE["FastlaneMultiGPU"].define_schema()
     assert "output" in schema.description and "ControlNet" in schema.description
