@@ -15,6 +15,7 @@ from ..parallel.session import (
     ParallelSession,
     ShardedForward,
     WanShardedForward,
+    supported_cache_granularities,
 )
 
 CATEGORY = "fastlane/speed"
@@ -26,8 +27,10 @@ DESCRIPTION = (
     "the weights from rank 0 over NCCL (gloo on CPU), never through the disk, and again after a LoRA changes them. "
     "Same result as one GPU up to float rounding. Workers stop when ComfyUI unloads or frees the MODEL, or exits; "
     "a crashed or hung worker makes the prompt fail with its rank and error (no hang), and the next prompt starts "
-    "new ones. Works with a Fastlane cacher at granularity 'output' (the skip decision is made once, on rank 0; a "
-    "skipped step makes no parallel call). Refused with a clear error: cachers at block granularities, ControlNet, "
+    "new ones. Fastlane cachers: the skip decision is made once, on rank 0. Granularity 'output' (any model): a "
+    "skipped step makes no parallel call. FLUX 'blocks' / 'last_block' (and 'auto'): the cached feature is gathered "
+    "whole on rank 0 and each rank gets its share of the forecast. Refused with a clear error: 'attention_mlp' and "
+    "Wan block granularities, ControlNet, "
     "attention masks, model patches that replace blocks, Fastlane Compile / CUDA Graph / Quantize on the same "
     "MODEL (they would apply to rank 0 only), and ComfyUI's lowvram mode. Models: FLUX / FLUX.2, and Wan 2.1/2.2 "
     "text/image-to-video (not VACE, camera, S2V, HuMo, Animate).")
@@ -95,9 +98,10 @@ def attach(model, gpus: int, attention: str, device: str, timeout_s: float = 600
                 raise ValueError(f"Fastlane Multi-GPU does not run {name} on the worker ranks; remove {name} "
                                  "from this MODEL's chain")
     cache = model.model_options.get("transformer_options", {}).get("fastlane_cache")
-    if cache is not None and cache.granularity != "output":
-        raise ValueError(f"Fastlane Multi-GPU works with cachers at granularity 'output' only; this MODEL's cacher "
-                         f"uses '{cache.granularity}'")
+    if cache is not None and cache.granularity not in supported_cache_granularities(family):
+        raise ValueError(f"Fastlane Multi-GPU runs {family} with cachers at granularity "
+                         f"{' / '.join(supported_cache_granularities(family))}; this MODEL's cacher uses "
+                         f"'{cache.granularity}'")
     backend, devices = _devices(model, gpus, device)
     spec = LaunchSpec(world=gpus, backend=backend, devices=devices, timeout_s=float(timeout_s),
                       threads=torch.get_num_threads())

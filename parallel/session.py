@@ -31,6 +31,11 @@ REFUSED_WRAPPERS = {"fastlane_compile": "Fastlane Compile", "fastlane_cuda_graph
                     "fastlane_quantize": "Fastlane Quantize"}
 
 
+def supported_cache_granularities(family: str) -> tuple[str, ...]:
+    """Fastlane cacher granularities a sharded call reproduces: the decision is always rank 0's, made once."""
+    return ("output", "blocks", "last_block") if family == "flux" else ("output",)
+
+
 class ParallelError(RuntimeError):
     """A sequence-parallel call failed because of a worker (died, hung, raised) or cannot be split."""
 
@@ -87,8 +92,8 @@ class ParallelSession:
         return ParallelError(text + ". The workers were stopped; queue the prompt again to start new ones.")
 
     # ---- checks ---------------------------------------------------------------------------------------------
-    def check_splittable(self, model: torch.nn.Module, options: dict, control: Any = None, attn_mask: Any = None,
-                         extra: dict | None = None) -> None:
+    def check_splittable(self, family: str, model: torch.nn.Module, options: dict, control: Any = None,
+                         attn_mask: Any = None, extra: dict | None = None) -> None:
         """Raise a clear error for what a sharded call cannot reproduce on the workers."""
         if control is not None:
             raise ParallelError("Fastlane Multi-GPU cannot split a call with a ControlNet (it adds to every block's "
@@ -99,13 +104,14 @@ class ParallelSession:
         if unknown:
             raise ParallelError(f"Fastlane Multi-GPU cannot split a call with {unknown} yet (reference latents, "
                                 "audio or other extra inputs)")
-        cache = options.get("fastlane_cache")
-        if cache is not None and getattr(cache, "granularity", "output") != "output":
-            raise ParallelError(f"Fastlane Multi-GPU works with cachers at granularity 'output' only (the decision "
-                                f"is then made once, on rank 0, before the call); this MODEL's cacher uses "
-                                f"'{cache.granularity}'")
+        granularity = getattr(options.get("fastlane_cache"), "granularity", "output")
+        if granularity not in supported_cache_granularities(family):
+            raise ParallelError(f"Fastlane Multi-GPU runs {family} with cachers at granularity "
+                                f"{' / '.join(supported_cache_granularities(family))}; this MODEL's cacher uses "
+                                f"'{granularity}'")
         patches = {k: v for k, v in options.get("patches", {}).items() if v}
-        replaced = options.get("patches_replace", {}).get("dit", {})
+        # a block cache's own block patches are replaced, per call, by flux.py's sharded version of them
+        replaced = options.get("patches_replace", {}).get("dit", {}) if granularity == "output" else {}
         if patches or replaced:
             raise ParallelError(f"Fastlane Multi-GPU cannot split a call with model patches ({sorted(patches)}"
                                 f"{', dit block replacements' if replaced else ''}): they would run on rank 0's "
@@ -154,10 +160,11 @@ class ParallelSession:
                 key = self._weights_key(model, getattr(base_model, "current_weight_patches_uuid", None))
                 if key != self._sent_key:
                     self._send_weights(workers, comm, model, key)
-                workers.post({"op": "call", "family": family, "mode": self.mode,
+                cache = FAMILIES[family].cache_info(options)
+                workers.post({"op": "call", "family": family, "mode": self.mode, "cache": cache,
                               "manifest": transfer.manifest_of(inputs)})
                 transfer.send(comm, inputs)
-                out = FAMILIES[family].run(model, comm, self.mode, inputs, options)
+                out = FAMILIES[family].run(model, comm, self.mode, inputs, options, cache)
                 self.calls += 1
                 return out.to(inputs[0].device)
             except ParallelError as e:
@@ -183,7 +190,7 @@ class ShardedForward:
     def __call__(self, img, img_ids, txt, txt_ids, timesteps, y, guidance=None, control=None,
                  transformer_options={}, attn_mask=None):  # noqa: B006 (ComfyUI's signature)
         options = {} if transformer_options is None else transformer_options
-        self.session.check_splittable(self.model, options, control=control, attn_mask=attn_mask)
+        self.session.check_splittable("flux", self.model, options, control=control, attn_mask=attn_mask)
         return self.session.forward("flux", self.model, self.base_model,
                                     [img, img_ids, txt, txt_ids, timesteps, y, guidance], options)
 
@@ -195,5 +202,5 @@ class WanShardedForward(ShardedForward):
 
     def __call__(self, x, t, context, clip_fea=None, freqs=None, transformer_options={}, **kwargs):  # noqa: B006
         options = {} if transformer_options is None else transformer_options
-        self.session.check_splittable(self.model, options, control=kwargs.pop("control", None), extra=kwargs)
+        self.session.check_splittable("wan", self.model, options, control=kwargs.pop("control", None), extra=kwargs)
         return self.session.forward("wan", self.model, self.base_model, [x, t, context, clip_fea, freqs], options)

@@ -88,7 +88,12 @@ def _block_patch(comm: Comm, mode: str, state: dict, first: bool, last: bool):
     return patch
 
 
-def run(model: torch.nn.Module, comm: Comm, mode: str, inputs: list, transformer_options: dict) -> torch.Tensor:
+def cache_info(transformer_options: dict) -> None:
+    """Block caches are refused on Wan (``session.check_splittable``): nothing for the workers."""
+
+
+def run(model: torch.nn.Module, comm: Comm, mode: str, inputs: list, transformer_options: dict,
+        cache: dict | None = None) -> torch.Tensor:
     """``inputs``: ``forward_orig``'s (x, t, context, clip_fea, freqs), full and identical on every rank."""
     x, t, context, clip_fea, freqs = inputs
     blocks = len(model.blocks)

@@ -61,7 +61,7 @@ def run_call(comm, op: dict, model: torch.nn.Module, device: torch.device) -> No
 
     inputs = transfer.receive(comm, op["manifest"], device)
     with torch.inference_mode():
-        FAMILIES[op["family"]].run(model, comm, op["mode"], inputs, {})
+        FAMILIES[op["family"]].run(model, comm, op["mode"], inputs, {}, op.get("cache"))
 
 
 def main(config_json: str) -> None:
