@@ -39,6 +39,33 @@ def target(fraction: float, granularity: str = "blocks"):
                                                               granularity=granularity, **ALL).result[0]
 
 
+def native_fp8(model):
+    """ComfyUI's own fast fp8 path, as its UNETLoader builds it for weight_dtype ``fp8_e4m3fn_fast``: the model config
+    with inference dtype float8_e4m3fn (weights cast to e4m3 with scale 1) and ``optimizations["fp8"]``, so each
+    Linear casts its input to e4m3 at scale 1 (clamped at +-448) and runs ``_scaled_mm``; compute dtype fp32 here as
+    for every other row (bf16 on a GPU)."""
+    import comfy.model_patcher
+
+    base = model.model
+    config = type(base.model_config)(dict(base.model_config.unet_config))
+    config.set_inference_dtype(torch.float8_e4m3fn, torch.float32)
+    config.optimizations["fp8"] = True
+    built = config.get_model({}, "", device=model.load_device)
+    built.diffusion_model.load_state_dict(base.diffusion_model.state_dict())
+    built.eval()
+    return comfy.model_patcher.ModelPatcher(built, load_device=model.load_device, offload_device=model.offload_device)
+
+
+def native_grid() -> list[tuple[str, callable]]:
+    """Fastlane's fp8 against ComfyUI's native fp8_e4m3fn_fast (issue 20), alone and under the fast tier's cache."""
+    ours = quantize("fp8_scaled_mm", "fp8 weights")
+    return [("fp32 (reference)", lambda m: m),
+            ("native fp8_e4m3fn_fast (ComfyUI UNETLoader: e4m3 weights and inputs at scale 1)", native_fp8),
+            ("Fastlane fp8_scaled_mm (per-row weight, per-token input scales; few-row fp8 weights)", ours),
+            ("native fp8_e4m3fn_fast + target 0.3 order 2 (blocks)", lambda m: target(0.3)(native_fp8(m))),
+            ("Fastlane fp8_scaled_mm + target 0.3 order 2 (blocks): the fast tier", lambda m: target(0.3)(ours(m)))]
+
+
 def grid() -> list[tuple[str, callable]]:
     rows = [("fp32 (reference)", lambda m: m)]
     for scheme in schemes.SCHEMES:  # every scheme of the node
@@ -61,16 +88,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--family", choices=["flux", "flux-proxy"], default="flux")
+    parser.add_argument("--grid", choices=["schemes", "native"], default="schemes",
+                        help="schemes: every Fastlane scheme; native: Fastlane fp8 vs ComfyUI's fp8_e4m3fn_fast")
     args = parser.parse_args()
     torch.set_num_threads(1)
     schemes.fp8_supported = lambda device: True  # CPU fp8 kernel: see the module docstring
 
-    family = F.FAMILIES["flux"]
+    family = F.FAMILIES[args.family]
     base = family.module.load_demo_patcher()
     cases = [(c, s) for c in family.module.class_names()[: args.classes] for s in range(args.seeds)]
     reference = {case: F.sample(family, base, *case, args.steps, args.size) for case in cases}
     results = []
-    for name, make in grid():
+    for name, make in (native_grid() if args.grid == "native" else grid()):
         t0 = time.perf_counter()
         try:
             model = make(base)
@@ -88,7 +118,7 @@ def main() -> None:
         results.append(row)
         print(f"{name:48s} PSNR {row['psnr_db']}  SSIM {row['ssim']}", flush=True)
     meta = {"date": datetime.date.today().isoformat(), "command": "python " + " ".join(sys.argv),
-            "model": "Fastlane demo FLUX-class model, fp32", "reference": "the same model, fp32, no cache",
+            "model": f"{family.model_note}, fp32", "reference": "the same model, fp32, no cache",
             "sampling": f"euler/simple, {args.steps} steps, {args.size}x{args.size}",
             "cases": f"{args.classes} classes x {args.seeds} seeds", "torch": torch.__version__,
             "python": platform.python_version()}
@@ -102,8 +132,10 @@ def main() -> None:
     print(table)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "fidelity_quant.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=1))
-        (args.out / "fidelity_quant_table.md").write_text(
+        stem = "fidelity_quant" + ("_native" if args.grid == "native" else "") + \
+            ("_proxy" if args.family == "flux-proxy" else "")
+        (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=1))
+        (args.out / f"{stem}_table.md").write_text(
             "\n".join(f"- {k}: {v}" for k, v in meta.items()) + "\n\n" + table + "\n")
 
 
