@@ -50,6 +50,9 @@ def make_group(backend: str, store: Any, rank: int, world: int, timeout_s: float
         return dist.ProcessGroupGloo(store, rank, world, timedelta(timeout_s))
     if backend == "nccl":
         torch.cuda.set_device(torch.device(device))  # NCCL binds each rank to the current device on first use
+        # Blocking wait: a timed-out collective raises in the waiting thread (rank 0: ComfyUI's prompt fails)
+        # instead of NCCL's watchdog tearing the whole process down. Not yet run on GPUs (docs/MULTIGPU.md).
+        os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
         return dist.ProcessGroupNCCL(store, rank, world, timedelta(timeout_s))
     raise ValueError(f"backend must be gloo or nccl, not '{backend}'")
 
@@ -138,7 +141,14 @@ class Workers:
             self.store.delete_key(f"op/{self.op_count - 2}")  # read by all: its collectives completed
 
     def close(self, graceful: bool = True, wait_s: float = 10.0) -> None:
-        """Stop the workers: ask them (``graceful``), then wait, then kill what is left. Idempotent."""
+        """Stop the workers: ask them (``graceful``), then wait, then kill what is left. Idempotent. After a
+        failure (not ``graceful``) an NCCL group is aborted, so no kernel keeps waiting on a dead peer."""
+        group = getattr(self, "group", None)
+        if not graceful and self.spec.backend == "nccl" and hasattr(group, "abort"):
+            try:
+                group.abort()
+            except Exception:  # noqa: BLE001, S110  best effort: the process group is being dropped anyway
+                pass
         if graceful and self.procs and not self.dead():
             try:
                 self.post({"op": "stop"})

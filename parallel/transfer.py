@@ -11,6 +11,7 @@ import torch
 from .comm import Comm
 
 BUCKET_BYTES = 256 * 2**20
+ALIGN = 16  # each tensor starts at a multiple of 16 bytes in its bucket, so its bytes view back as any dtype
 Manifest = list[tuple[tuple[int, ...], torch.dtype]]
 
 
@@ -25,6 +26,10 @@ def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
     return n * torch.empty((), dtype=dtype).element_size()
 
 
+def _padded(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
 def _buckets(manifest: list) -> list[list[int]]:
     """Indices of the non-None entries, grouped into buckets of at most BUCKET_BYTES (one big tensor alone)."""
     out: list[list[int]] = [[]]
@@ -32,7 +37,7 @@ def _buckets(manifest: list) -> list[list[int]]:
     for i, entry in enumerate(manifest):
         if entry is None:
             continue
-        n = _nbytes(*entry)
+        n = _padded(_nbytes(*entry))
         if out[-1] and size + n > BUCKET_BYTES:
             out.append([])
             size = 0
@@ -44,18 +49,21 @@ def _buckets(manifest: list) -> list[list[int]]:
 def send(comm: Comm, tensors: list[torch.Tensor | None]) -> None:
     """Rank 0: broadcast ``tensors`` (its manifest went ahead through the store)."""
     for bucket in _buckets(manifest_of(tensors)):
-        flat = torch.cat([tensors[i].detach().contiguous().reshape(-1).view(torch.uint8).to(comm.device)
-                          for i in bucket])
-        comm.broadcast_(flat, 0)
+        parts = []
+        for i in bucket:
+            raw = tensors[i].detach().contiguous().reshape(-1).view(torch.uint8).to(comm.device)
+            pad = _padded(raw.numel()) - raw.numel()
+            parts += [raw, raw.new_zeros(pad)] if pad else [raw]
+        comm.broadcast_(torch.cat(parts), 0)
 
 
 def receive(comm: Comm, manifest: list, device: torch.device) -> list[torch.Tensor | None]:
     """A worker: the tensors rank 0 sends for ``manifest``, on ``device``."""
     out: list[torch.Tensor | None] = [None] * len(manifest)
     for bucket in _buckets(manifest):
-        sizes = [_nbytes(*manifest[i]) for i in bucket]
+        sizes = [_padded(_nbytes(*manifest[i])) for i in bucket]
         flat = comm.broadcast_(torch.empty(sum(sizes), dtype=torch.uint8, device=comm.device), 0).to(device)
         for i, chunk in zip(bucket, flat.split(sizes)):
             shape, dtype = manifest[i]
-            out[i] = chunk.view(dtype).reshape(shape)
+            out[i] = chunk[:_nbytes(shape, dtype)].view(dtype).reshape(shape)
     return out

@@ -71,6 +71,30 @@ def test_one_call_equals_single_process(gpus, attention, heads):
     session.release()
 
 
+def test_fp8_weights_with_manual_cast_reach_the_workers():
+    """An fp8 checkpoint as ComfyUI loads it (fp8_e4m3fn weights, float32 compute through manual-cast ops): the
+    workers build the same operations and take the fp8 bytes as they are (gloo has no fp8 type)."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+    from tiny_models import FLUX_CONFIG
+
+    config = comfy.supported_models.Flux(dict(FLUX_CONFIG))
+    config.set_inference_dtype(torch.float8_e4m3fn, torch.float32)
+    model = config.get_model({})
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.diffusion_model.parameters():
+            p.copy_(torch.randn(p.shape) * 0.2)
+    assert {p.dtype for p in model.diffusion_model.parameters()} == {torch.float8_e4m3fn}
+    fp8 = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                           offload_device=mm.unet_offload_device())
+    reference = direct_call(fp8)
+    parallel = multigpu(fp8, 2, "kv_gather")
+    assert close(direct_call(parallel), reference)
+    session_of(parallel).release()
+
+
 def test_sampling_matches_and_weights_follow_patches(flux):
     reference = sample(flux, steps=4, size=32, cfg=2.0)
     parallel = multigpu(flux, 2, "kv_gather")
@@ -198,13 +222,15 @@ def test_killed_worker_fails_the_prompt_clearly_and_the_next_one_recovers(flux):
     session.release()
 
 
-def test_hung_worker_times_out_instead_of_hanging(flux):
+def test_idle_workers_outlive_the_timeout_and_a_hung_one_times_out(flux):
     from fastlane.parallel.session import ParallelError
 
     parallel = multigpu(flux, 2, "ulysses", timeout=5)
-    direct_call(parallel)
+    reference = direct_call(parallel)
     session = session_of(parallel)
     pid = session.worker_pids[0]
+    time.sleep(6)  # idle between prompts for longer than the collective timeout: the workers wait on the store
+    assert torch.equal(direct_call(parallel), reference) and session.worker_pids == [pid]
     os.kill(pid, signal.SIGSTOP)
     start = time.monotonic()
     with pytest.raises(ParallelError, match="failed or timed out"):
