@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -25,8 +26,8 @@ from .attention import MODES
 from .launcher import LaunchSpec, Workers
 
 log = logging.getLogger("fastlane")
+FAMILIES = {"flux": flux, "wan": wan}  # how each model family's forward_orig is sharded
 # Fastlane wrappers whose work does not reach the workers' copies (see docs/MULTIGPU.md).
-FAMILIES = {"flux": flux, "wan": wan}
 REFUSED_WRAPPERS = {"fastlane_compile": "Fastlane Compile", "fastlane_cuda_graph": "Fastlane CUDA Graph",
                     "fastlane_quantize": "Fastlane Quantize"}
 
@@ -66,9 +67,12 @@ class ParallelSession:
 
     def _start(self) -> Workers:
         if self.workers is None:
+            start = time.perf_counter()
             self.workers = Workers(self.spec)
             self._finalizer = weakref.finalize(self, _close, self.workers)
             self._sent_key = None
+            log.info("Fastlane Multi-GPU: %d workers started in %.1f s (pids %s, %s on %s)", self.spec.world - 1,
+                     time.perf_counter() - start, self.workers.pids, self.spec.backend, ", ".join(self.spec.devices))
         return self.workers
 
     def release(self, graceful: bool = True) -> None:
@@ -137,6 +141,7 @@ class ParallelSession:
                                    for name, t in state.items())
 
     def _send_weights(self, workers: Workers, comm, model: torch.nn.Module, key: tuple) -> None:
+        start = time.perf_counter()
         state = model.state_dict()
         names, tensors = list(state), list(state.values())
         workers.post({"op": "weights", "build": self.build, "names": names,
@@ -144,6 +149,9 @@ class ParallelSession:
         transfer.send(comm, tensors)
         self._sent_key = key
         self.weight_sends += 1
+        size = sum(t.numel() * t.element_size() for t in tensors)
+        log.info("Fastlane Multi-GPU: weights sent to the workers (%.1f MB, %.2f s)", size / 2**20,
+                 time.perf_counter() - start)
 
     def forward(self, family: str, model: torch.nn.Module, base_model: Any, inputs: list, options: dict
                 ) -> torch.Tensor:
