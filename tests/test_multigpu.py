@@ -222,6 +222,18 @@ def test_killed_worker_fails_the_prompt_clearly_and_the_next_one_recovers(flux):
     session.release()
 
 
+def test_a_worker_error_reaches_the_prompt_with_its_traceback(flux):
+    from fastlane.parallel.session import ParallelError
+
+    parallel = multigpu(flux)
+    session = session_of(parallel)
+    session.build = {**session.build, "name": "NoSuchModel"}  # the worker cannot build what rank 0 describes
+    with pytest.raises(ParallelError, match=r"(?s)worker rank 1 \(pid \d+\) exited with code 1; its error:.*"
+                                            r"AttributeError.*NoSuchModel"):
+        direct_call(parallel)
+    assert session.worker_pids == []
+
+
 def test_idle_workers_outlive_the_timeout_and_a_hung_one_times_out(flux):
     from fastlane.parallel.session import ParallelError
 
