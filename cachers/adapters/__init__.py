@@ -3,11 +3,12 @@
 Every adapter has ``family``, ``granularities`` (what a cached step may reuse) and ``default_granularity`` (what the
 nodes' ``auto`` picks), ``supports(diffusion_model)``, ``features(granularity)``, ``check_call``, ``install``, and
 optionally ``run_call`` (see comfy_hooks) and ``for_model(model)`` (a copy of the adapter for that ModelPatcher,
-naming its family: the DiT and generic adapters each cover several).
+naming its family: the DiT, Lumina and generic adapters each cover several).
 
 Order matters: FLUX (and FLUX.2, the same ``Flux`` class) and SDXL (every non-temporal ``UNetModel``, SD1.x/2.x
-included) first, then the DiT block-stack families (Qwen-Image, Wan, Chroma, HunyuanVideo), then the generic
-``output``-only fallback, which claims any other diffusion model.
+included) first, then the DiT block-stack families (Qwen-Image, Wan, Chroma, HunyuanVideo) and Lumina 2 / Z-Image
+(``NextDiT``, whose layer loop has no block patches: hooked per call), then the generic ``output``-only fallback,
+which claims any other diffusion model.
 """
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import torch
 from .dit import DiTAdapter
 from .flux import FluxAdapter
 from .generic import GenericAdapter
+from .lumina import LuminaAdapter
 from .sdxl import SDXLAdapter
 
-ADAPTERS = [FluxAdapter(), SDXLAdapter(), DiTAdapter(), GenericAdapter()]
+ADAPTERS = [FluxAdapter(), SDXLAdapter(), DiTAdapter(), LuminaAdapter(), GenericAdapter()]
 
 
 def adapter_for(model):

@@ -1,5 +1,6 @@
-"""The fallback for any diffusion model no other adapter claims (Lumina 2 / Z-Image ``NextDiT``, SD3 ``MMDiT``,
-HiDream, Wan VACE, LTXV, ...): only the ``output`` granularity, the shared wrapper forecasting the whole model output.
+"""The fallback for any diffusion model no other adapter claims (SD3 ``MMDiT``, HiDream, Wan VACE, LTXV, ...; Lumina 2
+/ Z-Image's ``NextDiT`` has block granularities of its own, in ``lumina.py``): only the ``output`` granularity, the
+shared wrapper forecasting the whole model output.
 
 It is the least precise granularity (a cached step reuses even the final layer's timestep modulation), so the first
 time a model class falls back here, the ``fastlane`` logger says so. Some ComfyUI models (SD3's MMDiT, PixArt) do not
@@ -25,7 +26,7 @@ FORWARD = "diffusion_model.forward"
 
 @dataclasses.dataclass(frozen=True)
 class GenericAdapter:
-    """``family`` names the model once ``for_model`` has seen it (e.g. ``Lumina2 (NextDiT)``)."""
+    """``family`` names the model once ``for_model`` has seen it (e.g. ``HiDream (HiDreamImageTransformer2DModel)``)."""
 
     granularities: ClassVar[tuple[str, ...]] = ("output",)
     default_granularity: ClassVar[str] = "output"
