@@ -44,6 +44,9 @@ Z_IMAGE = dict(image_model="lumina2", patch_size=2, in_channels=16, dim=256, cap
                n_refiner_layers=1, qk_norm=True, n_heads=4, n_kv_heads=4, axes_dims=[16, 24, 24],
                axes_lens=[64, 64, 64], rope_theta=256.0, ffn_dim_multiplier=8.0 / 3.0, multiple_of=16,
                z_image_modulation=True, time_scale=1000.0, pad_tokens_multiple=32)  # Z-Image: dim >= 256
+LUMINA2 = dict(image_model="lumina2", patch_size=2, in_channels=16, dim=64, cap_feat_dim=CTX, n_layers=2,
+               n_refiner_layers=1, qk_norm=True, n_heads=2, n_kv_heads=1, axes_dims=[8, 12, 12],
+               axes_lens=[64, 64, 64], multiple_of=16)  # Lumina 2: no token padding, the original modulation
 SD3 = dict(in_channels=16, pos_embed_scaling_factor=None, depth=2, patch_size=2, out_channels=16, adm_in_channels=CTX,
            pos_embed_max_size=16, num_patches=256, qk_norm=None,
            context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": CTX, "out_features": 128}})
@@ -91,7 +94,9 @@ FAMILIES = {
     # FLUX.2 is ComfyUI's Flux class (global modulation): the FLUX adapter claims it
     "flux2": Tiny(sm.Flux2, FLUX2, (1, 128, 4, 4), "FLUX", ("blocks", "last_block", "attention_mlp", "output"),
                   _stack("double_blocks", "single_blocks"), POOLED),
-    "z_image": Tiny(sm.ZImage, Z_IMAGE, (1, 16, 8, 8), "Lumina2 (NextDiT)", ("output",), _stack("layers")),
+    # Z-Image and Lumina 2 are ComfyUI's NextDiT: the Lumina adapter hooks its main ``layers`` stack (the refiners run)
+    "z_image": Tiny(sm.ZImage, Z_IMAGE, (1, 16, 8, 8), "Z-Image", DIT, _stack("layers")),
+    "lumina2": Tiny(sm.Lumina2, LUMINA2, (1, 16, 8, 8), "Lumina 2", DIT, _stack("layers")),
     # SD3's MMDiT does not run the DIFFUSION_MODEL wrappers itself: the generic adapter routes it through them
     "sd3": Tiny(sm.SD3, SD3, (1, 16, 8, 8), "SD3 (OpenAISignatureMMDITWrapper)", ("output",), _stack("joint_blocks"),
                 POOLED),
@@ -293,14 +298,15 @@ def test_qwen_double_block_patch_needs_output_granularity(models):
 # ---- the generic fallback and bad inputs ----------------------------------------------------------------------------
 
 def test_an_unclaimed_family_caches_the_output_and_says_so_once(models, caplog):
-    z_image = models["z_image"]
-    generic._announced.discard(type(z_image.model.diffusion_model))
+    hidream = models["hidream"]
+    generic._announced.discard(type(hidream.model.diffusion_model))
     caplog.set_level(logging.INFO, logger="fastlane")
-    cached = fora(z_image, 2)  # auto
-    spectrum(z_image, 0.5, "output")
-    fora(z_image, 3)
+    cached = fora(hidream, 2)  # auto
+    spectrum(hidream, 0.5, "output")
+    fora(hidream, 3)
     assert cached.model_options["transformer_options"]["fastlane_cache"].granularity == "output"
-    notes = [r for r in caplog.records if "no block-level cache for Lumina2 (NextDiT)" in r.getMessage()]
+    notes = [r for r in caplog.records
+             if "no block-level cache for HiDream (HiDreamImageTransformer2DModel)" in r.getMessage()]
     assert len(notes) == 1 and "whole model output" in notes[0].getMessage()
 
 
@@ -314,8 +320,10 @@ def test_variants_that_add_between_blocks_fall_back_to_output():
 
 
 @pytest.mark.parametrize("name, granularity, message", [
-    ("z_image", "blocks", (r"'blocks' is a FLUX / Qwen-Image / Wan / Chroma / HunyuanVideo option; this MODEL is "
-                           r"Lumina2 \(NextDiT\), which takes auto \(output\) or output")),
+    ("hidream", "blocks", (r"'blocks' is a FLUX / Qwen-Image / Wan / Chroma / HunyuanVideo / Lumina 2 / Z-Image "
+                           r"option; this MODEL is HiDream \(HiDreamImageTransformer2DModel\), which takes auto "
+                           r"\(output\) or output")),
+    ("z_image", "deep", r"'deep' is a SDXL option; this MODEL is Z-Image, which takes auto \(blocks\) or blocks"),
     ("sd3", "last_block", r"this MODEL is SD3 \(OpenAISignatureMMDITWrapper\), which takes auto \(output\) or output"),
     ("wan21", "deep", (r"'deep' is a SDXL option; this MODEL is Wan, which takes auto \(blocks\) or blocks, "
                        r"last_block, output")),
