@@ -13,12 +13,12 @@ from ..cachers.session import StepCache
 
 CATEGORY = "fastlane/cache"
 GRANULARITY_TIP = ("What a cached step reuses. auto: the model family's best (FLUX, Qwen-Image, Wan, Chroma, "
-                   "HunyuanVideo: blocks; SDXL/SD1.5: deep; any other model: output). blocks: skip every transformer "
-                   "block and forecast their summed residual (embeddings and final layer still run, so the timestep "
-                   "modulation stays exact). last_block: forecast the hidden state leaving the last block (Spectrum's "
-                   "feature). deep (UNets): DeepCache, run only the shallowest blocks and forecast the deep feature "
-                   "entering them. output: forecast the whole model output (any model; the least precise; works "
-                   "with ControlNet).")
+                   "HunyuanVideo, Z-Image / Lumina 2: blocks; SDXL/SD1.5: deep; any other model: output). blocks: "
+                   "skip every transformer block and forecast their summed residual (embeddings, Z-Image's refiners "
+                   "and the final layer still run, so the timestep modulation stays exact). last_block: forecast the "
+                   "hidden state leaving the last block (Spectrum's feature). deep (UNets): DeepCache, run only the "
+                   "shallowest blocks and forecast the deep feature entering them. output: forecast the whole model "
+                   "output (any model; the least precise; works with ControlNet).")
 
 
 def _common_inputs() -> list:
@@ -32,8 +32,8 @@ def _common_inputs() -> list:
 
 
 MODEL_TIP = ("Any diffusion model. Block-level caching (blocks, last_block): FLUX and FLUX.2, Qwen-Image, Wan 2.1/2.2, "
-             "Chroma, HunyuanVideo; DeepCache (deep): SDXL and SD1.x/2.x UNets; every other model (Z-Image / Lumina 2, "
-             "SD3, HiDream, Wan VACE, ...): output only")
+             "Chroma, HunyuanVideo, Z-Image / Lumina 2 (their main layers; the refiners run every step); DeepCache "
+             "(deep): SDXL and SD1.x/2.x UNets; every other model (SD3, HiDream, Wan VACE, ...): output only")
 
 
 def _model_input(families: str = MODEL_TIP) -> io.Model.Input:

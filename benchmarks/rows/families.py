@@ -8,7 +8,7 @@ Which rows and why:
 - Fastlane, opened here: ``compile_regional``, the fp8 tier (``fp8sm``, ``fp8sm+compile_regional``,
   ``fp8sm_fewfp8+compile_regional``), the caches alone (``target0.3``, ``fastlane_target``) and the fast tier
   ``fast_target0.3_fewfp8`` (Target Speed 0.3 order 2 + Quantize fp8_scaled_mm with few_row_linears auto + Compile
-  regional; each family's adapter picks its granularity: blocks for Qwen-Image / Wan / FLUX.2, output for Z-Image);
+  regional; each family's adapter picks its granularity: blocks for Qwen-Image / Wan / FLUX.2 / Z-Image);
 - new: ``int8dyn`` (eager int8 dynamic: the quantize row that also runs on a CPU, for the smoke test) and
   ``fast_target0.5_fewfp8`` (the fast tier computing half the steps: Z-Image's 8 turbo steps leave a cache little
   room, 0.3 of 8 computes only 3).
