@@ -390,7 +390,7 @@ def test_lora_style_weight_patches_before_and_after_the_cacher(sdxl):
     (lambda m: deepcache(m, 0), "interval must be >= 1"),
     (lambda m: deepcache(m, 3, branch=8), r"branch must be in 0\.\.7"),
     (lambda m: deepcache(m, 3, start=0.9, end=0.1), "start"),
-    (lambda m: fora(m, 2, "blocks"), "'blocks' is a FLUX / Qwen-Image / Wan / Chroma / HunyuanVideo option; this MODEL "
+    (lambda m: fora(m, 2, "blocks"), "'blocks' is a FLUX / Qwen-Image / Wan / Chroma / HunyuanVideo / Lumina 2 / Z-Image option; this MODEL "
                                     "is SDXL, which takes auto \\(deep\\)"),
     (lambda m: taylor(m, order=4), "order must be 0..3"),
     (lambda m: target(m, 0.0), "compute fraction"),
