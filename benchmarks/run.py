@@ -609,6 +609,30 @@ def _version(dist: str) -> str:
         return "missing"
 
 
+def gpu_topology() -> tuple[str | None, str | None]:
+    """``nvidia-smi topo -m`` and what links the GPUs (``interconnect``), for runs with more than one GPU visible."""
+    try:
+        text = subprocess.run(["nvidia-smi", "topo", "-m"], capture_output=True, text=True, timeout=20).stdout
+    except Exception as e:  # noqa: BLE001
+        return None, f"unknown (nvidia-smi topo -m: {type(e).__name__})"
+    return text, interconnect(text)
+
+
+def interconnect(topo: str) -> str:
+    """What links the GPUs to each other, read from the GPU-to-GPU cells of ``nvidia-smi topo -m``: "NVLink (NV18)"
+    where any is NV<n>, else the PCIe path kinds found (PIX / PXB / PHB / NODE / SYS)."""
+    rows = [t for t in (re.sub(r"\x1b\[[0-9;]*m", "", line).split() for line in topo.splitlines())
+            if len(t) > 1 and re.fullmatch(r"GPU\d+", t[0]) and not re.fullmatch(r"GPU\d+", t[1])]  # not the header
+    if len(rows) < 2:
+        return "unknown (no GPU-to-GPU rows in nvidia-smi topo -m)"
+    cells = {c for r in rows for c in r[1:len(rows) + 1] if c != "X"}
+    nv = sorted(c for c in cells if re.fullmatch(r"NV\d+", c))
+    if nv:
+        rest = sorted(cells - set(nv))
+        return f"NVLink ({', '.join(nv)})" + (f"; also {', '.join(rest)}" if rest else "")
+    return f"PCIe / host ({', '.join(sorted(cells))})"
+
+
 def environment(device, comfy_info: dict[str, Any]) -> dict[str, Any]:
     import torch
 
@@ -635,6 +659,9 @@ def environment(device, comfy_info: dict[str, Any]) -> dict[str, Any]:
         env["device_name"] = torch.cuda.get_device_name(device)
         env["device_capability"] = f"{p.major}.{p.minor}"
         env["device_memory_gib"] = round(p.total_memory / 2**30, 1)
+        env["gpu_count"] = torch.cuda.device_count()
+        if env["gpu_count"] > 1:  # Multi-GPU rows (issue 22): how the GPUs are linked
+            env["gpu_topology"], env["interconnect"] = gpu_topology()
     else:
         env["device_name"] = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "\
                              f"{torch.get_num_threads()} torch threads)"
@@ -1012,7 +1039,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu" and args.cpu_threads > 0:
         torch.set_num_threads(args.cpu_threads)
     env = environment(device, comfy_info)
-    for k in ["note", "date_utc", "device_name", "device_capability", "device_memory_gib", "python", "torch",
+    for k in ["note", "date_utc", "device_name", "device_capability", "device_memory_gib", "gpu_count",
+              "interconnect", "gpu_topology", "python", "torch",
               "cuda_runtime", "triton", "diffusers", "torchao", "comfyui", "comfyui_path", "comfy_attention",
               "comfy_vram_state", "stubbed_modules", "import_failures", "pack_commit", "command"]:
         if k in env:
