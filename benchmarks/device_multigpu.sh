@@ -12,7 +12,7 @@
 # wan22 (runs its own Wan-shape probe first unless PROBE_WAN=0). The topology is always printed first.
 #
 # Settings (environment, all optional):
-#   ROWS_FLUX    default eager,target0.3,multigpu2,multigpu4,multigpu2+target0.3,multigpu4+target0.3
+#   ROWS_FLUX    default eager,target0.3,multigpu2,multigpu4,multigpu4_async,multigpu2+target0.3,multigpu4+target0.3
 #   STEPS_FLUX   28        REPEATS    2 (warm runs per row after the cold one)     ROW_T_FLUX  150 (row guard, s)
 #   PROFILE      multigpu4 (rows run once more under torch.profiler: NCCL kernel time per step; "" = none)
 #   ROWS_WAN     default eager,multigpu2,multigpu4 (add multigpu4+target0.3,target0.3_output: they run all steps)
@@ -131,7 +131,7 @@ for stage in "${stages[@]}"; do
     flux)
       prof=${PROFILE-multigpu4}
       # shellcheck disable=SC2086
-      bench flux flux "${ROWS_FLUX:-eager,target0.3,multigpu2,multigpu4,multigpu2+target0.3,multigpu4+target0.3}" \
+      bench flux flux "${ROWS_FLUX:-eager,target0.3,multigpu2,multigpu4,multigpu4_async,multigpu2+target0.3,multigpu4+target0.3}" \
         "${STEPS_FLUX:-28}" "${REPEATS:-2}" "${ROW_T_FLUX:-150}" "${T_FLUX:-430}" \
         ${prof:+--profile "$prof"} ${ARGS_FLUX:-} ;;
     wan22)

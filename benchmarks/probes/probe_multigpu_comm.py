@@ -238,7 +238,8 @@ def markdown(report: dict) -> str:
              f"{shape['head_dim']} ({shape['dtype']}), {shape['layers']} attention layers per model call",
              f"- {report['iters']} timed runs per op after {report['warmup']} warm-up runs, each after a barrier; "
              f"median of the slowest rank (CUDA events on GPUs); bus GB/s = bytes each rank exchanges / time",
-             f"- date (UTC) {report['date_utc']}, torch {report['torch']}, host {report['host']}", ""]
+             f"- TORCH_NCCL_BLOCKING_WAIT={report.get('blocking_wait')} (1: as the node; each collective waits on "
+             f"the host) · date (UTC) {report['date_utc']}, torch {report['torch']}, host {report['host']}", ""]
     for w in report["worlds"]:
         head = f"## {w['world']} ranks, {w['backend']}"
         if w.get("device_name"):
@@ -269,8 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="default: the shape's")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per world size (and per collective)")
+    p.add_argument("--blocking-wait", choices=["0", "1"], default="1",
+                   help="TORCH_NCCL_BLOCKING_WAIT for the ranks: 1 as the node sets it (each collective waits on the "
+                        "host, so the time includes that wait), 0 (the stream waits: the events time the GPU side)")
     p.add_argument("--out", default=None, help="folder for probe_multigpu_comm.json / .md")
     a = p.parse_args(argv)
+    os.environ["TORCH_NCCL_BLOCKING_WAIT"] = a.blocking_wait  # inherited by the spawned ranks
     import platform
 
     import torch
@@ -280,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         shape["dtype"] = a.dtype
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     report = {"shape_name": a.shape, "shape": shape, "iters": a.iters, "warmup": a.warmup, "torch": torch.__version__,
+              "blocking_wait": a.blocking_wait,
               "host": platform.node(), "gpus_visible": count, "worlds": [],
               "env": {k: os.environ.get(k) for k in SAFE_ENV},
               "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

@@ -3,6 +3,8 @@
 
 - ``multigpu2`` / ``multigpu4``: Fastlane Multi-GPU, Ulysses attention (all-to-all over heads), 2 / 4 ranks;
 - ``multigpu2_kv``: 2 ranks, K/V all-gather attention;
+- ``multigpu2_async`` / ``multigpu4_async``: as ``multigpu2`` / ``4`` with ``TORCH_NCCL_BLOCKING_WAIT=0`` (the node
+  sets 1: every collective then waits on the host); the difference is what that host wait costs;
 - ``multigpu2+target0.3`` / ``multigpu4+target0.3``: Target Speed cache 0.3 (order 2) then Multi-GPU: granularity
   auto (blocks) on FLUX / FLUX.2, ``output`` on Wan (block caches are refused there). Their 1-GPU reference is
   ``target0.3`` on FLUX (same settings) and ``target0.3_output`` on Wan (added here).
@@ -73,14 +75,24 @@ def _check(gpus: int, attention: str, model) -> str:
     return device
 
 
-def multigpu(model, gpus: int, attention: str = "ulysses", cache: dict | None = None, name: str = ""):
+BLOCKING_WAIT = "TORCH_NCCL_BLOCKING_WAIT"
+
+
+def multigpu(model, gpus: int, attention: str = "ulysses", cache: dict | None = None, name: str = "",
+             blocking_wait: bool = True):
     """``model`` (with the Target Speed cache first when ``cache``) through Fastlane Multi-GPU. Two ON_DETACH callbacks
     bracket the node's own (which stops the workers when ComfyUI unloads the MODEL after the row): the first, added
-    before the node runs, notes the worker pids; the second, added after, logs whether they all exited."""
+    before the node runs, notes the worker pids; the second, added after, logs whether they all exited.
+
+    ``blocking_wait``: NCCL's ``TORCH_NCCL_BLOCKING_WAIT`` for this row's process groups (read when each is built, in
+    rank 0 and in the workers, which inherit the environment at start). The node sets 1 (a hung worker then fails
+    the prompt instead of NCCL's watchdog ending ComfyUI), which makes every collective wait on the host; the
+    ``_async`` rows set 0 (the stream waits, the host runs ahead) to measure what that host wait costs."""
     from comfy.patcher_extension import CallbacksMP
 
     device = _check(gpus, attention, model)
     _stop_leftovers()
+    os.environ[BLOCKING_WAIT] = "1" if blocking_wait else "0"
     base = node("FastlaneTargetSpeedCache", model, **cache) if cache else model.clone()
     seen: list[int] = []
     box: dict = {}
@@ -114,20 +126,23 @@ def _target(granularity: str | None = None) -> dict:
     return {"compute_fraction": 0.3, "order": 2, "granularity": g}
 
 
-for _name, _gpus, _attention, _cache, _note in [
-    ("multigpu2", 2, "ulysses", False, "Fastlane Multi-GPU, 2 GPUs, Ulysses all-to-all attention (vs eager: speed-up "
-                                       "over 1 GPU)"),
-    ("multigpu4", 4, "ulysses", False, "Fastlane Multi-GPU, 4 GPUs, Ulysses all-to-all attention"),
-    ("multigpu2_kv", 2, "kv_gather", False, "Fastlane Multi-GPU, 2 GPUs, K/V all-gather attention"),
-    ("multigpu2+target0.3", 2, "ulysses", True, "Target Speed 0.3 order 2 (FLUX blocks, Wan output) then Multi-GPU "
-                                                "on 2 GPUs, Ulysses (1-GPU reference: target0.3 / Wan "
-                                                "target0.3_output)"),
-    ("multigpu4+target0.3", 4, "ulysses", True, "Target Speed 0.3 order 2 (FLUX blocks, Wan output) then Multi-GPU "
-                                                "on 4 GPUs, Ulysses"),
+for _name, _gpus, _attention, _cache, _blocking, _note in [
+    ("multigpu2", 2, "ulysses", False, True, "Fastlane Multi-GPU, 2 GPUs, Ulysses all-to-all attention (vs eager: "
+                                             "speed-up over 1 GPU)"),
+    ("multigpu4", 4, "ulysses", False, True, "Fastlane Multi-GPU, 4 GPUs, Ulysses all-to-all attention"),
+    ("multigpu2_kv", 2, "kv_gather", False, True, "Fastlane Multi-GPU, 2 GPUs, K/V all-gather attention"),
+    ("multigpu2_async", 2, "ulysses", False, False, "multigpu2 with TORCH_NCCL_BLOCKING_WAIT=0 (no host wait per "
+                                                    "collective; a hung worker is then NCCL's watchdog's)"),
+    ("multigpu4_async", 4, "ulysses", False, False, "multigpu4 with TORCH_NCCL_BLOCKING_WAIT=0"),
+    ("multigpu2+target0.3", 2, "ulysses", True, True, "Target Speed 0.3 order 2 (FLUX blocks, Wan output) then "
+                                                      "Multi-GPU on 2 GPUs, Ulysses (1-GPU reference: target0.3 / Wan "
+                                                      "target0.3_output)"),
+    ("multigpu4+target0.3", 4, "ulysses", True, True, "Target Speed 0.3 order 2 (FLUX blocks, Wan output) then "
+                                                      "Multi-GPU on 4 GPUs, Ulysses"),
 ]:
     row(_name, families=FAMILIES, note=_note)(
-        lambda model, _g=_gpus, _a=_attention, _c=_cache, _n=_name: multigpu(model, _g, _a, _target() if _c else None,
-                                                                                _n))
+        lambda model, _g=_gpus, _a=_attention, _c=_cache, _n=_name, _b=_blocking: multigpu(
+            model, _g, _a, _target() if _c else None, _n, _b))
 
 
 @row("target0.3_output", families=FAMILIES,
