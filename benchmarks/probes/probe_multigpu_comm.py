@@ -214,8 +214,8 @@ def run_world(world: int, backend: str, shape: dict, iters: int, warmup: int, ti
         slowest = max(per_rank)
         nbytes = results[0]["ops"][name]["bytes_exchanged"]
         ops[name] = {"median_ms": round(slowest, 4), "rank0_median_ms": round(per_rank[0], 4),
-                     "MB_exchanged_per_rank": round(nbytes / 1e6, 3),
-                     "bus_GBps": round(nbytes / (slowest / 1000.0) / 1e9, 2) if slowest > 0 else None}
+                     "MB_exchanged_per_rank": float(f"{nbytes / 1e6:.4g}"),
+                     "bus_GBps": float(f"{nbytes / (slowest / 1000.0) / 1e9:.4g}") if slowest > 0 else None}
     summary["ops"] = ops
     summary["round_trip_exact"] = all(r.get("round_trip_exact", True) for r in results)
     summary["nccl_version"] = results[0].get("nccl_version")
@@ -253,7 +253,7 @@ def markdown(report: dict) -> str:
         for name, o in w["ops"].items():
             bus = o["bus_GBps"] if o["bus_GBps"] is not None else "–"
             lines.append(f"| {name} | {o['median_ms']:.3f} | {o['rank0_median_ms']:.3f} | "
-                         f"{o['MB_exchanged_per_rank']:.3f} | {bus} |")
+                         f"{o['MB_exchanged_per_rank']:.4g} | {bus} |")
         per_call = ", ".join(f"{k} {v:.2f} ms" for k, v in w["per_model_call_ms"].items())
         lines += ["", f"Communication per model call (estimate: layers x per-attention ops + output gather + inputs "
                       f"broadcast): {per_call}. Ulysses round trip exact: {w['round_trip_exact']}.", ""]
