@@ -19,6 +19,14 @@ a repeated prompt's output differed from its first run, or the RSS slope after w
 prompts) exceeds ``--max-rss-slope-mb`` per 100 prompts.
 
     .venv/bin/python benchmarks/soak.py --prompts 500 --out out/soak
+
+``--real`` (the lent GPU; ``benchmarks/device_soak.sh`` runs it): the prompt mix of ``soak_real.py`` (the shipped
+FLUX.1-dev / SDXL workflows with random-weight model files of the real architectures, varied in size, steps, batch,
+sampler, cacher, compile, LoRA strength), a server on the GPU, and per prompt also torch's allocated memory, the
+compilations and CUDA-graph recordings the server logged (a compile at a graph and shape compiled before is an
+unexpected recompile: a goal), and VRAM floors (``POST /free``, then what torch still holds) at the start and the
+end. A repeat whose pixels differ is reported with its largest difference; ``--repeat-tolerance`` (8-bit levels)
+sets what passes. ``--end-by`` / ``--time-budget`` stop sending prompts in time; ``--min-prompts`` is then the goal.
 """
 from __future__ import annotations
 
@@ -123,6 +131,38 @@ def random_spec(rng: random.Random, steps: int) -> dict:
             "seed": rng.randrange(2**32), "steps": steps}
 
 
+class DemoMix:
+    """The demo-model mix (the CPU soak and CI); ``soak_real.RealMix`` is the real-architecture one (``--real``)."""
+
+    bad_kinds = BAD_KINDS
+    save_node = SAVE_NODE
+    sampler_node = "7"
+
+    def __init__(self, steps: int = 20) -> None:
+        self.steps = steps
+
+    def random_spec(self, rng: random.Random, long: bool = False) -> dict:
+        return random_spec(rng, self.steps * (4 if long else 1))
+
+    def build(self, spec: dict, rng: random.Random) -> dict:
+        return build_prompt(spec, rng)
+
+    def malform(self, prompt: dict, kind: str) -> dict:
+        return malform(prompt, kind)
+
+    @staticmethod
+    def describe(spec: dict) -> str:
+        return f"{spec['family']} {spec['size']}x{spec['batch']} {spec['sampler']} {spec['cacher']}"
+
+    @staticmethod
+    def graph_key(spec: dict) -> str:
+        return spec["family"]
+
+    @staticmethod
+    def shape(spec: dict) -> str:
+        return f"{spec['size']}x{spec['size']}x{spec['batch']}"
+
+
 def fill_defaults(prompt: dict, object_info: dict) -> dict:
     """Adds any required widget input a node of ``prompt`` lacks, at its default from /object_info (so a new input
     of a pack node does not turn the soak's valid prompts into rejected ones)."""
@@ -164,6 +204,26 @@ class Api:
     url: str
     pid: int | None = None
     server: ComfyServer | None = None
+    log_path: Path | None = None  # the server's log (compilations, recordings, OOMs per prompt); None: not read
+    _log_offset: int = 0
+
+    def __post_init__(self) -> None:
+        if self.log_path is None and self.server is not None:
+            self.log_path = self.server.log_path
+        self.mark_log()
+
+    def mark_log(self) -> None:
+        """From here on, ``log_since_mark`` returns what the server logs."""
+        self._log_offset = self.log_path.stat().st_size if self.log_path and self.log_path.exists() else 0
+
+    def log_since_mark(self) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as f:
+            f.seek(self._log_offset)
+            data = f.read()
+        self._log_offset += len(data)
+        return data.decode(errors="replace")
 
     def post(self, path: str, body: dict | None = None, timeout: float = 30) -> requests.Response:
         return requests.post(f"{self.url}{path}", json=body if body is not None else {}, timeout=timeout)
@@ -188,16 +248,39 @@ class Api:
         except psutil.Error:
             return None
 
-    def vram_mb(self) -> float | None:
-        """VRAM in use on the first CUDA device per /system_stats (None on a CPU-only server)."""
+    def vram(self) -> dict:
+        """The first CUDA device per /system_stats, MB: ``vram_mb`` in use on the device (vram_total - vram_free:
+        every process, torch's cached blocks not counted), ``torch_allocated_mb`` (torch_vram_total - torch_vram_free:
+        the server's live tensors), ``torch_reserved_mb`` (its caching allocator's total). {} on a CPU-only server."""
         try:
             devices = self.get("/system_stats", timeout=10).json().get("devices", [])
         except (requests.RequestException, ValueError):
-            return None
+            return {}
         for d in devices:
             if d.get("type") == "cuda":
-                return (d.get("vram_total", 0) - d.get("vram_free", 0)) / 2**20
-        return None
+                return {"vram_mb": round((d.get("vram_total", 0) - d.get("vram_free", 0)) / 2**20, 1),
+                        "torch_allocated_mb": round((d.get("torch_vram_total", 0) - d.get("torch_vram_free", 0))
+                                                    / 2**20, 1),
+                        "torch_reserved_mb": round(d.get("torch_vram_total", 0) / 2**20, 1)}
+        return {}
+
+    def vram_mb(self) -> float | None:
+        return self.vram().get("vram_mb")
+
+    def floor(self, settle: float = 3.0) -> dict:
+        """POST /free (unload every model, drop ComfyUI's node cache), wait for the worker to do it, then the VRAM
+        and RSS left: what the server keeps when nothing is loaded (leaks show here, not in the noisy per-prompt
+        numbers of a mix that loads and unloads 5-22 GB models)."""
+        self.post("/free", {"unload_models": True, "free_memory": True})
+        time.sleep(settle)
+        last, deadline = self.vram(), time.monotonic() + 20  # unloading moves 5-22 GB models to the CPU first
+        while last and time.monotonic() < deadline:
+            time.sleep(1.0)
+            now = self.vram()
+            if now.get("torch_allocated_mb") == last.get("torch_allocated_mb"):
+                break
+            last = now
+        return {**last, "rss_mb": self.rss_mb()}
 
     def running(self, prompt_id: str) -> bool:
         try:
@@ -237,23 +320,56 @@ def image_hash(path: Path) -> str:
         return hashlib.sha256(f"{im.mode}{im.size}".encode() + im.tobytes()).hexdigest()
 
 
-def output_hash(api: Api, entry: dict) -> str | None:
-    images = entry.get("outputs", {}).get(SAVE_NODE, {}).get("images", [])
-    if not images:
-        return None
-    digest = hashlib.sha256()
+def output_images(api: Api, entry: dict, save_node: str = SAVE_NODE) -> list:
+    """The saved images of a finished prompt: local paths (a server started here) or PIL images read via /view."""
+    from PIL import Image
+    images = entry.get("outputs", {}).get(save_node, {}).get("images", [])
+    out = []
     for img in images:
         if api.server is not None:
-            digest.update(image_hash(api.server.file_path(img)).encode())
+            out.append(api.server.file_path(img))
         else:  # attached: read it through /view
-            from PIL import Image
             params = {"filename": img["filename"], "subfolder": img.get("subfolder", ""),
                       "type": img.get("type", "output")}
             r = requests.get(f"{api.url}/view", params=params, timeout=30)
             r.raise_for_status()
             with Image.open(io.BytesIO(r.content)) as im:
-                digest.update(hashlib.sha256(f"{im.mode}{im.size}".encode() + im.tobytes()).hexdigest().encode())
-    return digest.hexdigest()
+                out.append(im.copy())
+    return out
+
+
+def _pixels(image):
+    from PIL import Image
+    if isinstance(image, Path):
+        with Image.open(image) as im:
+            return im.copy()
+    return image
+
+
+def output_hash(api: Api, entry: dict, save_node: str = SAVE_NODE) -> tuple[str | None, list]:
+    images = output_images(api, entry, save_node)
+    if not images:
+        return None, []
+    digest = hashlib.sha256()
+    for img in images:
+        im = _pixels(img)
+        digest.update(hashlib.sha256(f"{im.mode}{im.size}".encode() + im.tobytes()).hexdigest().encode())
+    return digest.hexdigest(), images
+
+
+def pixel_diff(first: list, again: list) -> dict:
+    """Largest and mean absolute difference (8-bit levels) between two runs' images."""
+    import numpy as np
+    if len(first) != len(again):
+        return {"max": 255, "mean": 255.0, "note": f"{len(first)} vs {len(again)} images"}
+    worst, means = 0, []
+    for a, b in zip(first, again):
+        x, y = np.asarray(_pixels(a), dtype=np.int16), np.asarray(_pixels(b), dtype=np.int16)
+        if x.shape != y.shape:
+            return {"max": 255, "mean": 255.0, "note": f"shapes {x.shape} vs {y.shape}"}
+        d = np.abs(x - y)
+        worst, means = max(worst, int(d.max())), means + [float(d.mean())]
+    return {"max": worst, "mean": round(sum(means) / len(means), 4)}
 
 
 # -- the soak ---------------------------------------------------------------------------------------------------------
@@ -271,6 +387,14 @@ class SoakConfig:
     prompt_timeout: float = 300.0
     clear_history: bool = False
     out: Path | None = None
+    mix: Any = None  # DemoMix(steps) unless given (soak_real.RealMix for --real)
+    repeat_tolerance: int = 0  # largest pixel difference (8-bit levels) a repeat may show; 0: bit-identical
+    time_budget: float | None = None  # stop sending prompts after this many seconds ...
+    min_prompts: int | None = None  # ... but a run with fewer than these fails (default: all of them)
+    vram_floors: bool = False  # POST /free at the start and the end; the VRAM left is the floor
+    warm_floor: bool = False  # ... and after warm-up (the next prompts load their models again: ~10-30 s on a GPU)
+    max_vram_floor_growth_mb: float = 512.0  # largest allowed growth of torch's allocated floor (end vs warm/start)
+    fail_on_recompile: bool = True
 
     def warmup_prompts(self) -> int:
         return self.warmup if self.warmup is not None else max(10, self.prompts // 5)
@@ -311,9 +435,10 @@ def plan(config: SoakConfig) -> list[str]:
 
 
 def run_soak(api: Api, config: SoakConfig, log=print) -> SoakResult:
+    mix = config.mix or DemoMix(config.steps)
     rng = random.Random(config.seed)
     result = SoakResult()
-    firsts: dict[str, dict] = {}  # canonical prompt json -> {"hash", "index", "prompt"} of its first completed run
+    firsts: dict[str, dict] = {}  # canonical prompt json -> {"hash", "index", "prompt", "spec", "images"}
     out_file = None
     if config.out is not None:
         config.out.mkdir(parents=True, exist_ok=True)
@@ -322,11 +447,17 @@ def run_soak(api: Api, config: SoakConfig, log=print) -> SoakResult:
     alive = True
     started = time.monotonic()
     object_info = api.get("/object_info", timeout=120).json()
+    floors = {"start": api.floor(settle=1.0)} if config.vram_floors else {}
     try:
         for index, kind in enumerate(plan(config)):
+            if config.time_budget is not None and time.monotonic() - started > config.time_budget:
+                log(f"time budget of {config.time_budget:.0f} s spent after {index} prompts: stopping")
+                break
+            if config.vram_floors and config.warm_floor and index == config.warmup_prompts() and index:
+                floors["warm"] = {**api.floor(), "after_prompts": index}
             # an interrupted prompt runs long enough for the interrupt to land while it samples
-            spec = random_spec(rng, config.steps * (4 if kind == "interrupt" else 1))
-            prompt = fill_defaults(build_prompt(spec, rng), object_info)
+            spec = mix.random_spec(rng, long=kind == "interrupt")
+            prompt = fill_defaults(mix.build(spec, rng), object_info)
             record: dict[str, Any] = {"index": index, "kind": kind}
             if kind == "repeat":
                 # an earlier completed prompt, verbatim, but not the last one (that would be served from the cache)
@@ -335,25 +466,27 @@ def run_soak(api: Api, config: SoakConfig, log=print) -> SoakResult:
                 if candidates:
                     key = rng.choice(candidates)
                     prompt = copy.deepcopy(firsts[key]["prompt"])
+                    spec = firsts[key]["spec"]
                     record["repeat_of"] = firsts[key]["index"]
                 else:
                     kind = record["kind"] = "run"
             if kind == "bad":
-                bad_kind = BAD_KINDS[bad_count % len(BAD_KINDS)]
+                bad_kind = mix.bad_kinds[bad_count % len(mix.bad_kinds)]
                 bad_count += 1
-                prompt = malform(prompt, bad_kind)
+                prompt = mix.malform(prompt, bad_kind)
                 record["bad_kind"] = bad_kind
             else:
-                record["spec"] = spec if "repeat_of" not in record else None
+                record["spec"] = spec
             key = json.dumps(prompt, sort_keys=True)
             record["key"] = key
             t0 = time.monotonic()
+            api.mark_log()
             try:
                 r = api.post("/prompt", {"prompt": prompt, "client_id": "fastlane-soak"})
             except requests.RequestException as e:
                 record.update(outcome="http_error", error=str(e))
                 alive = api.alive()
-                _finish(api, record, result, out_file, t0, log, config)
+                _finish(api, record, result, out_file, t0, log, config, mix)
                 if not alive:
                     break
                 continue
@@ -370,16 +503,16 @@ def run_soak(api: Api, config: SoakConfig, log=print) -> SoakResult:
                         api.wait(body["prompt_id"], config.prompt_timeout)
                     except Exception as e:  # noqa: BLE001
                         record["error"] = str(e)
-                _finish(api, record, result, out_file, t0, log, config)
+                _finish(api, record, result, out_file, t0, log, config, mix)
                 continue
             if r.status_code != 200:
                 record.update(outcome="rejected_valid", error=json.dumps(body)[:2000])
-                _finish(api, record, result, out_file, t0, log, config)
+                _finish(api, record, result, out_file, t0, log, config, mix)
                 continue
             prompt_id = body["prompt_id"]
             record["prompt_id"] = prompt_id
             if kind == "interrupt":
-                deadline = time.monotonic() + 10
+                deadline = time.monotonic() + 30
                 while time.monotonic() < deadline and not api.running(prompt_id):
                     if api.get(f"/history/{prompt_id}").json().get(prompt_id):
                         break  # already done
@@ -391,7 +524,7 @@ def run_soak(api: Api, config: SoakConfig, log=print) -> SoakResult:
             except (RuntimeError, TimeoutError, requests.RequestException) as e:
                 record.update(outcome="lost", error=str(e))
                 alive = api.alive()
-                _finish(api, record, result, out_file, t0, log, config)
+                _finish(api, record, result, out_file, t0, log, config, mix)
                 if not alive:
                     break
                 continue
@@ -402,31 +535,36 @@ def run_soak(api: Api, config: SoakConfig, log=print) -> SoakResult:
             elif status.get("status_str") == "success":
                 record["outcome"] = "ok"
                 cached = next((m[1].get("nodes", []) for m in status["messages"] if m[0] == "execution_cached"), [])
-                record["sampler_recomputed"] = "7" not in cached  # a repeat must sample again, not hit the cache
-                h = output_hash(api, entry)
+                record["sampler_recomputed"] = mix.sampler_node not in cached  # a repeat must sample again
+                h, images = output_hash(api, entry, mix.save_node)
                 record["hash"] = h
                 first = firsts.get(key)
                 if first is None:
-                    firsts[key] = {"hash": h, "index": index, "prompt": prompt}
+                    firsts[key] = {"hash": h, "index": index, "prompt": prompt, "spec": spec, "images": images}
                 else:
                     record["first_hash"] = first["hash"]
                     record["hash_match"] = h == first["hash"]
+                    if not record["hash_match"]:
+                        record["pixel_diff"] = pixel_diff(first["images"], images)
             else:
                 record["outcome"] = "failed"
                 errors = [m[1] for m in status.get("messages", []) if m[0] == "execution_error"]
                 record["error"] = json.dumps(errors)[:2000]
-            _finish(api, record, result, out_file, t0, log, config)
+            _finish(api, record, result, out_file, t0, log, config, mix)
     finally:
         if out_file is not None:
             out_file.close()
     alive = api.alive()
-    result.summary = summarize(result.records, config, alive, time.monotonic() - started)
+    if config.vram_floors and alive:
+        floors["end"] = {**api.floor(), "after_prompts": len(result.records)}
+    result.summary = summarize(result.records, config, alive, time.monotonic() - started, mix, floors)
     if config.out is not None:
         (config.out / "summary.json").write_text(json.dumps(result.summary, indent=1))
     return result
 
 
-def _finish(api: Api, record: dict, result: SoakResult, out_file, t0: float, log, config: SoakConfig) -> None:
+def _finish(api: Api, record: dict, result: SoakResult, out_file, t0: float, log, config: SoakConfig,
+            mix=None) -> None:
     record["seconds"] = round(time.monotonic() - t0, 3)
     if config.clear_history:  # ComfyUI keeps up to 10000 prompts in its history: tells its share of RSS growth apart
         try:
@@ -434,35 +572,62 @@ def _finish(api: Api, record: dict, result: SoakResult, out_file, t0: float, log
         except requests.RequestException:
             pass
     record["rss_mb"] = api.rss_mb()
-    record["vram_mb"] = api.vram_mb()
+    vram = api.vram()
+    record["vram_mb"] = vram.get("vram_mb")
+    if vram:
+        record["torch_allocated_mb"] = vram["torch_allocated_mb"]
+        record["torch_reserved_mb"] = vram["torch_reserved_mb"]
+    text = api.log_since_mark()
+    if text:
+        import soak_real
+        record["log"] = soak_real.parse_log(text)
     result.records.append(record)
     if out_file is not None:
         out_file.write(json.dumps({k: v for k, v in record.items() if k != "key"}) + "\n")
         out_file.flush()
     spec = record.get("spec") or {}
-    desc = (f"{spec.get('family')} {spec.get('size')}x{spec.get('batch')} {spec.get('sampler')} {spec.get('cacher')}"
-            if spec else record.get("bad_kind") or f"repeat of #{record.get('repeat_of')}")
+    mix = mix or DemoMix()
+    desc = record.get("bad_kind") or (mix.describe(spec) if spec else "")
+    if "repeat_of" in record:
+        desc = f"repeat of #{record['repeat_of']}: {desc}"
     rss = f"{record['rss_mb']:.0f} MB" if record["rss_mb"] is not None else "-"
-    match = "" if "hash_match" not in record else (" hash=" + ("same" if record["hash_match"] else "DIFFERENT"))
+    vram_text = f" vram {record['vram_mb'] / 1024:.1f} GB" if record.get("vram_mb") is not None else ""
+    compiled = (record.get("log") or {}).get("graphs_compiled")
+    compiled_text = f" compiled {compiled} graph(s)" if compiled else ""
+    match = "" if "hash_match" not in record else (" hash=" + ("same" if record["hash_match"] else
+                                                               f"DIFFERENT {record.get('pixel_diff')}"))
     log(f"[{record['index']:4d}] {record['kind']:9s} {record.get('outcome'):12s} {record['seconds']:6.2f}s "
-        f"rss {rss:>8s}  {desc}{match}")
+        f"rss {rss:>8s}{vram_text}  {desc}{compiled_text}{match}")
 
 
-def summarize(records: list[dict], config: SoakConfig, alive: bool, seconds: float) -> dict:
+def summarize(records: list[dict], config: SoakConfig, alive: bool, seconds: float, mix=None,
+              floors: dict | None = None) -> dict:
+    import soak_real
+    mix = mix or DemoMix(config.steps)
     count = lambda outcome: sum(r.get("outcome") == outcome for r in records)  # noqa: E731
     warm = config.warmup_prompts()
-    pts = [(r["index"], r["rss_mb"]) for r in records if r["index"] >= warm and r.get("rss_mb") is not None]
-    slope = linear_slope([p[0] for p in pts], [p[1] for p in pts])
+
+    def slope_of(name: str) -> float | None:
+        pts = [(r["index"], r[name]) for r in records if r["index"] >= warm and r.get(name) is not None]
+        slope = linear_slope([p[0] for p in pts], [p[1] for p in pts])
+        return round(slope * 100, 2) if slope is not None else None
+
     rss = [r["rss_mb"] for r in records if r.get("rss_mb") is not None]
     vram = [r["vram_mb"] for r in records if r.get("vram_mb") is not None]
-    mismatches = [{"index": r["index"], "repeat_of": r.get("repeat_of"), "hash": r["hash"],
-                   "first_hash": r["first_hash"]} for r in records if r.get("hash_match") is False]
+    repeats = [r for r in records if "hash_match" in r]
+    differing = [{"index": r["index"], "repeat_of": r.get("repeat_of"), "pixel_diff": r.get("pixel_diff"),
+                  "hash": r["hash"], "first_hash": r["first_hash"]} for r in repeats if not r["hash_match"]]
+    mismatches = [d for d in differing if (d["pixel_diff"] or {}).get("max", 255) > config.repeat_tolerance]
     not_rejected = [r["index"] for r in records if r.get("outcome") == "not_rejected"]
     failed = [{"index": r["index"], "outcome": r.get("outcome"), "error": r.get("error", "")[:500]}
               for r in records if r.get("outcome") in ("failed", "rejected_valid", "lost", "http_error")]
+    compiles = soak_real.recompiles(records, mix)
+    oom_lines = [{"index": r["index"], "lines": r["log"]["oom_lines"]} for r in records
+                 if (r.get("log") or {}).get("oom_lines")]
     summary = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(config).items()},
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(config).items() if k != "mix"},
+        "mix": type(mix).__name__,
         "seconds": round(seconds, 1),
         "prompts": len(records),
         "ok": count("ok"),
@@ -472,36 +637,63 @@ def summarize(records: list[dict], config: SoakConfig, alive: bool, seconds: flo
         "bad_sent": sum(r["kind"] == "bad" for r in records),
         "failed": failed,
         "server_alive": alive,
-        "hash_checks": sum("hash_match" in r for r in records),
-        "hash_checks_resampled": sum("hash_match" in r and r.get("sampler_recomputed", False) for r in records),
+        "hash_checks": len(repeats),
+        "hash_checks_resampled": sum(r.get("sampler_recomputed", False) for r in repeats),
+        "repeats_bit_identical": sum(r["hash_match"] for r in repeats),
+        "repeats_within_tolerance": len(differing) - len(mismatches),
+        "repeat_tolerance": config.repeat_tolerance,
+        "repeats_differing": differing,
         "hash_mismatches": mismatches,
         "rss_mb_first": rss[0] if rss else None,
         "rss_mb_last": rss[-1] if rss else None,
         "rss_mb_max": max(rss) if rss else None,
         "rss_warmup_prompts": warm,
-        "rss_slope_mb_per_100": round(slope * 100, 2) if slope is not None else None,
+        "rss_slope_mb_per_100": slope_of("rss_mb"),
         "vram_mb_first": vram[0] if vram else None,
         "vram_mb_last": vram[-1] if vram else None,
+        "vram_mb_max": max(vram) if vram else None,
+        "vram_slope_mb_per_100": slope_of("vram_mb"),
+        "torch_allocated_slope_mb_per_100": slope_of("torch_allocated_mb"),
+        "vram_floors": floors or {},
+        "compile": compiles,
+        "oom_lines": oom_lines,
     }
     failures = []
     if not alive:
         failures.append("server died")
-    if len(records) < config.prompts:
-        failures.append(f"only {len(records)} of {config.prompts} prompts were sent")
+    wanted = config.prompts if config.min_prompts is None else config.min_prompts
+    if len(records) < wanted:
+        failures.append(f"only {len(records)} of {wanted} prompts were sent")
     if not_rejected:
         failures.append(f"malformed prompts not rejected with HTTP 400: {not_rejected}")
     if failed:
         failures.append(f"valid prompts that failed: {[f['index'] for f in failed]}")
     if mismatches:
-        failures.append(f"repeated prompts whose output differs from the first run: {[m['index'] for m in mismatches]}")
-    if slope is not None and slope * 100 > config.max_rss_slope_mb:
-        failures.append(f"RSS slope {slope * 100:.1f} MB/100 prompts > {config.max_rss_slope_mb}")
+        failures.append(f"repeated prompts whose output differs from the first run by more than "
+                        f"{config.repeat_tolerance} levels: {[m['index'] for m in mismatches]}")
+    slope = summary["rss_slope_mb_per_100"]
+    if slope is not None and slope > config.max_rss_slope_mb:
+        failures.append(f"RSS slope {slope:.1f} MB/100 prompts > {config.max_rss_slope_mb}")
+    if compiles["unexpected"] and config.fail_on_recompile:
+        failures.append(f"recompiled at a shape already compiled: prompts {[u['index'] for u in compiles['unexpected']]}")
+    since = "warm" if floors and "warm" in floors else "start"
+    if floors and since in floors and "end" in floors and floors["end"].get("torch_allocated_mb") is not None:
+        growth = floors["end"]["torch_allocated_mb"] - (floors[since].get("torch_allocated_mb") or 0)
+        summary["vram_floor_growth_mb"] = round(growth, 1)
+        summary["vram_floor_since"] = since
+        if growth > config.max_vram_floor_growth_mb:
+            failures.append(f"torch memory left with every model unloaded grew {growth:.0f} MB since the {since} "
+                            f"floor > {config.max_vram_floor_growth_mb}")
     summary["failures"] = failures
     return summary
 
 
 def format_summary(s: dict) -> str:
     fmt = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
+    floors = s.get("vram_floors") or {}
+    floor_text = ", ".join(f"{k} {fmt(v.get('torch_allocated_mb'))}/{fmt(v.get('vram_mb'))}"
+                           for k, v in floors.items())
+    compile_ = s.get("compile") or {}
     lines = [
         (f"prompts {s['prompts']} in {s['seconds']:.0f}s: ok {s['ok']}, interrupted {s['interrupted']} "
          f"(of {s['interrupt_sent']} interrupts sent), rejected {s['rejected']} (of {s['bad_sent']} malformed), "
@@ -509,9 +701,16 @@ def format_summary(s: dict) -> str:
         f"server alive: {s['server_alive']}",
         (f"RSS MB first {fmt(s['rss_mb_first'])}, last {fmt(s['rss_mb_last'])}, max {fmt(s['rss_mb_max'])}, "
          f"slope {s['rss_slope_mb_per_100']} MB/100 prompts after {s['rss_warmup_prompts']} warm-up prompts"),
-        f"VRAM MB first {fmt(s['vram_mb_first'])}, last {fmt(s['vram_mb_last'])}",
-        (f"deterministic repeats checked {s['hash_checks']} ({s['hash_checks_resampled']} sampled again), "
-         f"mismatching {len(s['hash_mismatches'])}"),
+        (f"VRAM MB first {fmt(s['vram_mb_first'])}, last {fmt(s['vram_mb_last'])}, max {fmt(s.get('vram_mb_max'))}, "
+         f"slope {s.get('vram_slope_mb_per_100')} MB/100 (torch allocated: {s.get('torch_allocated_slope_mb_per_100')})"
+         + (f"; floors with every model unloaded, torch allocated/device used MB: {floor_text}" if floors else "")),
+        (f"deterministic repeats checked {s['hash_checks']} ({s['hash_checks_resampled']} sampled again): "
+         f"bit-identical {s.get('repeats_bit_identical')}, within {s.get('repeat_tolerance')} levels "
+         f"{s.get('repeats_within_tolerance')}, mismatching {len(s['hash_mismatches'])}"
+         + "".join(f"; #{d['index']} vs #{d['repeat_of']}: {d['pixel_diff']}" for d in s.get("repeats_differing", []))),
+        (f"compiles: {compile_.get('graphs_per_key_shape') or 'none'}, {compile_.get('compile_s', 0)} s; "
+         f"unexpected recompiles {len(compile_.get('unexpected', []))} {compile_.get('unexpected') or ''}"),
+        *([f"OOM lines in the server log: {s['oom_lines']}"] if s.get("oom_lines") else []),
         "GOALS MET" if not s["failures"] else "GOALS FAILED: " + "; ".join(s["failures"]),
     ]
     return "\n".join(lines)
@@ -521,10 +720,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompts", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=20, help="sampling steps of every prompt")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps of every demo prompt")
     p.add_argument("--out", type=Path, default=None, help="directory for prompts.jsonl and summary.json")
-    p.add_argument("--max-rss-slope-mb", type=float, default=25.0,
-                   help="largest allowed RSS growth, MB per 100 prompts after warm-up (linear fit)")
+    p.add_argument("--max-rss-slope-mb", type=float, default=None,
+                   help="largest allowed RSS growth, MB per 100 prompts after warm-up (linear fit; 25, --real 200)")
     p.add_argument("--warmup", type=int, default=None, help="prompts left out of the RSS fit (max(10, N/5))")
     p.add_argument("--interrupt-every", type=int, default=10)
     p.add_argument("--bad-every", type=int, default=9)
@@ -533,12 +732,47 @@ def main(argv: list[str] | None = None) -> int:
                    help="POST /history {clear} after each prompt (ComfyUI's history is kept in memory)")
     p.add_argument("--url", default=None, help="attach to this server (http://127.0.0.1:PORT) instead of starting one")
     p.add_argument("--pid", type=int, default=None, help="with --url: the server's PID for RSS (else looked up)")
+    p.add_argument("--server-log", type=Path, default=None, help="with --url: its log file (compiles per prompt)")
     p.add_argument("--keep", action="store_true", help="keep the private server's base directory")
+    p.add_argument("--time-budget", type=float, default=None, help="stop sending prompts after this many seconds")
+    p.add_argument("--end-by", type=float, default=None,
+                   help="unix time by which the last prompt must have been sent (sets --time-budget once the server "
+                        "is up; device_soak.sh: its call's end less a reserve for the summary)")
+    p.add_argument("--min-prompts", type=int, default=None, help="with --time-budget: fewer sent is a failure")
+    p.add_argument("--repeat-tolerance", type=int, default=0,
+                   help="largest pixel difference (8-bit levels) a repeated prompt may show (0: bit-identical)")
+    real = p.add_argument_group("--real: the shipped FLUX/SDXL workflows, real architectures, random weights, GPU")
+    real.add_argument("--real", action="store_true")
+    real.add_argument("--models-dir", type=Path, default=None,
+                      help="where the random-weight files are (written there first unless present; default: a "
+                           "temporary folder, deleted afterwards)")
+    real.add_argument("--families", default="flux,sdxl")
+    real.add_argument("--max-size", type=int, default=1024)
+    real.add_argument("--steps-range", default="8,14", help="LOW,HIGH sampling steps of --real prompts")
+    real.add_argument("--compile-shapes", default="512x1,512x2",
+                      help="SIZExBATCH shapes compiled prompts draw from (each new one compiles once)")
+    real.add_argument("--server-cpu", action="store_true", help="the --real server on the CPU (a smoke run)")
+    real.add_argument("--no-vram-floors", action="store_true", help="skip POST /free at the start and the end")
+    real.add_argument("--warm-floor", action="store_true", help="POST /free after the warm-up prompts too")
+    real.add_argument("--max-vram-floor-growth-mb", type=float, default=512.0)
+    real.add_argument("--allow-recompiles", action="store_true", help="report recompiles, do not fail on them")
     args = p.parse_args(argv)
+    mix = None
+    if args.real:
+        import soak_real
+        low, high = (int(x) for x in args.steps_range.split(","))
+        mix = soak_real.RealMix(max_size=args.max_size, steps_range=(low, high),
+                                compile_shapes=soak_real.parse_shapes(args.compile_shapes),
+                                families=tuple(args.families.split(",")))
     config = SoakConfig(prompts=args.prompts, seed=args.seed, steps=args.steps, interrupt_every=args.interrupt_every,
                         bad_every=args.bad_every, repeat_every=args.repeat_every, warmup=args.warmup,
-                        max_rss_slope_mb=args.max_rss_slope_mb, out=args.out,
-                        clear_history=args.clear_history)
+                        max_rss_slope_mb=args.max_rss_slope_mb or (200.0 if args.real else 25.0), out=args.out,
+                        clear_history=args.clear_history, mix=mix, repeat_tolerance=args.repeat_tolerance,
+                        time_budget=args.time_budget, min_prompts=args.min_prompts,
+                        vram_floors=args.real and not args.no_vram_floors, warm_floor=args.warm_floor,
+                        max_vram_floor_growth_mb=args.max_vram_floor_growth_mb,
+                        fail_on_recompile=not args.allow_recompiles,
+                        prompt_timeout=300.0)
     if args.url:
         url = args.url.rstrip("/")
         if not url.startswith(("http://127.0.0.1", "http://localhost")):
@@ -546,13 +780,23 @@ def main(argv: list[str] | None = None) -> int:
         pid = args.pid or find_pid(int(url.rsplit(":", 1)[1]))
         if pid is None:
             print("warning: no server PID (--pid): RSS is not recorded", file=sys.stderr)
-        result = run_soak(Api(url, pid), config)
+        result = run_soak(Api(url, pid, log_path=args.server_log), config)
     else:
         base = Path(tempfile.mkdtemp(prefix="fastlane-soak-"))
-        server = ComfyServer(base)
+        if args.real:
+            import soak_real
+            models_dir = args.models_dir or base / "models-real"  # a temporary one goes with the base directory
+            soak_real.write_models_subprocess(models_dir, args.families.split(","), cpu=args.server_cpu)
+            server = soak_real.RealServer(base, models_dir, cpu=args.server_cpu)
+        else:
+            server = ComfyServer(base)
         try:
             server.start()
-            print(f"ComfyUI on {server.url} (pid {server.process.pid}, log {server.log_path})")
+            print(f"ComfyUI on {server.url} (pid {server.process.pid}, log {server.log_path})", flush=True)
+            if args.end_by:
+                config.time_budget = args.end_by - time.time()
+                config.prompt_timeout = max(30.0, min(config.prompt_timeout, config.time_budget + 60))
+                print(f"time budget for prompts: {config.time_budget:.0f} s", flush=True)
             result = run_soak(Api(server.url, server.process.pid, server), config)
         finally:
             server.stop()

@@ -1,0 +1,176 @@
+"""The soak's ``--real`` mode (benchmarks/soak_real.py, benchmarks/oom_check.py; issue 21) on the CPU, without the
+22 GB model files: the prompts it builds from the shipped FLUX/SDXL workflows pass ComfyUI's own validation except
+for the model files this box lacks (as tests/test_workflows.py checks the shipped files themselves), each malformed
+variant fails with an error of its own, the server log parser and the recompile check classify compiles by graph and
+shape, the summary reports repeats within a tolerance, oom_check.py says it needs CUDA (and its plumbing runs on a
+tiny FLUX), and the GPU server's launcher (stand-ins, no frontend) starts a real ComfyUI that answers the soak's
+requests. The GPU run itself: benchmarks/device_soak.sh."""
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+PACK_DIR = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PACK_DIR / "benchmarks"))
+import soak  # noqa: E402
+import soak_real  # noqa: E402
+
+MODEL_FILE_INPUTS = {"unet_name", "clip_name1", "clip_name2", "vae_name", "ckpt_name", "lora_name"}
+PROMPTS = 40
+
+
+def model_file_errors_only(node_errors: dict) -> bool:
+    errors = [e for node in node_errors.values() for e in node["errors"]]
+    return bool(errors) and all(e["type"] == "value_not_in_list"
+                                and e["extra_info"]["input_name"] in MODEL_FILE_INPUTS for e in errors)
+
+
+@pytest.fixture(scope="module")
+def mix_and_specs():
+    mix = soak_real.RealMix()
+    rng = random.Random(21)
+    specs = [mix.random_spec(rng, long=i % 10 == 9) for i in range(PROMPTS)]
+    return mix, specs, rng
+
+
+def test_real_prompts_pass_comfyuis_validation_but_for_the_missing_model_files(graph, mix_and_specs):
+    mix, specs, rng = mix_and_specs
+    for spec in specs:
+        prompt = mix.build(spec, rng)
+        valid, error, _, node_errors = graph.validate(prompt)
+        assert not valid and error["type"] == "prompt_outputs_failed_validation", (spec, error)
+        assert model_file_errors_only(node_errors), (mix.describe(spec), node_errors)
+        classes = Counter(n["class_type"] for n in prompt.values())
+        assert classes["KSampler"] == 1 and classes["SaveImage"] == 1
+        assert ("FastlaneCompile" in classes) == spec["compile"]
+        assert ("LoraLoaderModelOnly" in classes) == (spec["lora"] is not None)
+        assert ("FastlaneQuantize" in classes) == (spec["workflow"] == "flux-fastest")
+        latent = next(n for n in prompt.values() if n["class_type"].startswith("Empty"))["inputs"]
+        assert latent["width"] == spec["size"] and latent["batch_size"] == spec["batch"]
+        assert spec["size"] <= mix.max_size
+        if spec["compile"]:  # compiled prompts only at the shapes they may compile
+            assert (spec["size"], spec["batch"]) in mix.compile_shapes
+    # the mix covers what it claims to
+    assert {s["workflow"] for s in specs} == set(soak_real.WORKFLOW_NAMES)
+    assert {s["compile"] for s in specs} == {True, False}
+    assert {s["size"] for s in specs} == set(soak_real.SIZES) and {s["batch"] for s in specs} == {1, 2}
+    assert len({s["cacher"] for s in specs}) >= 5 and len({s["sampler"] for s in specs}) >= 3
+    assert {s["lora"] is None for s in specs} == {True, False}
+    low, high = mix.steps_range
+    assert all(low <= s["steps"] <= high for i, s in enumerate(specs) if i % 10 != 9)
+
+
+def test_mix_options_bound_sizes_steps_and_compiled_shapes():
+    mix = soak_real.RealMix(max_size=512, steps_range=(3, 4), compile_shapes=soak_real.parse_shapes("512x1,768x2"),
+                            families=("sdxl",))
+    rng = random.Random(0)
+    specs = [mix.random_spec(rng) for _ in range(60)]
+    assert {s["family"] for s in specs} == {"sdxl"} and {s["size"] for s in specs} == {512}
+    assert {s["steps"] for s in specs} <= {3, 4}
+    assert mix.compile_shapes == [(512, 1)]
+
+
+def test_malformed_real_prompts_each_fail_with_their_own_error(graph, mix_and_specs):
+    mix, specs, rng = mix_and_specs
+    for i, kind in enumerate(mix.bad_kinds):
+        spec = specs[i]
+        bad = mix.malform(mix.build(spec, rng), kind)
+        valid, error, _, node_errors = graph.validate(bad)
+        assert not valid, kind
+        if kind == "unknown_node":
+            assert error["type"] == "invalid_prompt"
+            continue
+        errors = [e for node in node_errors.values() for e in node["errors"]]
+        if kind == "missing_model_file":  # on a server with the files, the only error
+            assert "no-such-model.safetensors" in {e["extra_info"].get("received_value") for e in errors}
+        else:  # an error besides the missing model files, on the input the kind breaks
+            assert not model_file_errors_only(node_errors), (kind, node_errors)
+            own = [e for e in errors if e["extra_info"].get("input_name") not in MODEL_FILE_INPUTS]
+            assert own, (kind, errors)
+            if kind == "lora_strength_out_of_range":
+                assert {e["type"] for e in own} == {"value_bigger_than_max"}
+
+
+LOG = """got prompt
+INFO: Fastlane compile [regional/inductor/dynamic=auto]: compiled 2 graph(s) in 23.4 s during 1 of 12 calls (cold start or a new shape); regional (57 blocks) x12; run took 25.3 s
+Fastlane CUDA graph: recorded 2 graph(s) in 0.15 s (GPU memory torch reserves: -2486 MiB across the recordings), 10 of 12 calls replayed; run took 44.0 s
+WARNING: Fastlane compile: the GPU ran out of memory in a compiled call (CUDA out of memory. Tried ...)
+Prompt executed in 30.1 seconds
+"""
+
+
+def test_log_parser_and_the_recompile_check():
+    parsed = soak_real.parse_log(LOG)
+    assert parsed["graphs_compiled"] == 2 and parsed["compile_s"] == 23.4 and parsed["compile_calls"] == 12
+    assert parsed["cuda_graphs_recorded"] == 2 and len(parsed["oom_lines"]) == 1
+    assert parsed["compile_labels"] == ["regional/inductor/dynamic=auto"]
+    warm = soak_real.parse_log("Fastlane compile [regional/inductor/dynamic=auto]: no compilation in 12 calls; x")
+    assert warm["compile_runs"] == 1 and warm["graphs_compiled"] == 0
+    mix = soak_real.RealMix()
+    base = {"family": "flux", "quantize": False, "size": 512, "batch": 1}
+    records = [
+        {"index": 0, "spec": base, "log": parsed},  # cold start: expected
+        {"index": 1, "spec": {**base, "quantize": True}, "log": parsed},  # fp8 graphs: another key, expected
+        {"index": 2, "spec": {**base, "batch": 2}, "log": parsed},  # a new shape: expected
+        {"index": 3, "spec": base, "log": warm},  # warm: nothing
+        {"index": 4, "spec": base, "log": parsed},  # same key and shape again: unexpected
+        {"index": 5, "spec": None, "log": parsed},  # a malformed prompt: not counted
+    ]
+    result = soak_real.recompiles(records, mix)
+    assert [u["index"] for u in result["unexpected"]] == [4]
+    assert result["graphs_per_key_shape"]["flux+compile/regional/inductor/dynamic=auto @ 512x512x1"] == 4
+    assert result["compile_s"] == 23.4 * 5
+
+
+def test_summary_tells_bit_identical_repeats_from_ones_within_a_tolerance(tmp_path):
+    records = [{"index": i, "kind": "run", "outcome": "ok", "rss_mb": 1000.0 + i, "vram_mb": 20000.0,
+                "torch_allocated_mb": 18000.0} for i in range(12)]
+    records[10].update(kind="repeat", repeat_of=1, hash="a", first_hash="a", hash_match=True, sampler_recomputed=True)
+    records[11].update(kind="repeat", repeat_of=2, hash="b", first_hash="c", hash_match=False, sampler_recomputed=True,
+                       pixel_diff={"max": 1, "mean": 0.01})
+    floors = {"start": {"torch_allocated_mb": 0.0}, "warm": {"torch_allocated_mb": 50.0},
+              "end": {"torch_allocated_mb": 60.0}}
+    for tolerance, failing in ((0, True), (1, False)):
+        config = soak.SoakConfig(prompts=12, warmup=2, repeat_tolerance=tolerance, vram_floors=True,
+                                 warm_floor=True, max_rss_slope_mb=1000)
+        s = soak.summarize(records, config, True, 10.0, soak_real.RealMix(), floors)
+        assert s["repeats_bit_identical"] == 1 and len(s["repeats_differing"]) == 1
+        assert bool(s["hash_mismatches"]) == failing and bool(s["failures"]) == failing, s["failures"]
+        assert s["vram_floor_growth_mb"] == 10.0 and s["vram_slope_mb_per_100"] == 0.0
+        text = soak.format_summary(s)
+        assert "bit-identical 1" in text and "floors" in text and "#11 vs #2" in text
+
+
+def test_oom_check_says_it_needs_cuda_and_exits_0():
+    done = subprocess.run([sys.executable, str(PACK_DIR / "benchmarks" / "oom_check.py")], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "needs CUDA" in done.stdout
+
+
+@pytest.mark.server
+def test_the_gpu_servers_launcher_starts_comfyui_and_answers_the_soaks_requests(tmp_path):
+    """``soak_real.RealServer`` (here with --cpu: the launcher, the stand-ins, the empty frontend root and the
+    models folder link are what the GPU run uses): a real prompt comes back 400 naming only the missing model files,
+    /system_stats, /free and the log are read as the soak reads them."""
+    server = soak_real.RealServer(tmp_path / "base", tmp_path / "models", cpu=True)
+    assert "serve" in server.command() and "--cpu" in server.command()
+    assert "--cpu" not in soak_real.RealServer(tmp_path / "b2", tmp_path / "models").command()
+    with server:
+        api = soak.Api(server.url, server.process.pid, server)
+        mix = soak_real.RealMix(families=("sdxl",))
+        prompt = mix.build(mix.random_spec(random.Random(1)), random.Random(1))
+        r = api.post("/prompt", {"prompt": prompt})
+        assert r.status_code == 400 and model_file_errors_only(r.json()["node_errors"]), r.text
+        assert api.vram() == {}  # a CPU server: no CUDA device
+        floor = api.floor(settle=0.5)
+        assert floor["rss_mb"] > 0
+        assert api.alive()
+        log = server.log()
+    assert "soak_real serve" in log and "--front-end-root" in log
+    assert (tmp_path / "base" / "models").resolve() == (tmp_path / "models").resolve()
