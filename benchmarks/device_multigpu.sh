@@ -97,7 +97,7 @@ probe() {  # name, shape, limit
   t=$(limit "$3")
   mkdir -p "$M/$name"
   if [ "$t" -lt 30 ]; then say "stage $name: skipped, ${t}s left"; return; fi
-  local args=(--shape "$shape" --worlds 2,4 --iters 20 --warmup 5 --timeout $(( t - 10 )) --out "$M/$name")
+  local args=(--shape "$shape" --worlds 2,4 --iters 20 --warmup 5 --timeout $(( (t - 10) / 2 )) --out "$M/$name")
   [ "$tiny" = 1 ] && args=(--shape tiny --worlds 2 --backend gloo --iters 20 --warmup 2 --timeout 60 --out "$M/$name")
   say "stage $name: python3 benchmarks/probes/probe_multigpu_comm.py ${args[*]} (limit ${t}s; NCCL_DEBUG=INFO for the transport lines)"
   NCCL_DEBUG=${NCCL_DEBUG:-INFO} NCCL_DEBUG_SUBSYS=${NCCL_DEBUG_SUBSYS:-INIT} \

@@ -217,7 +217,8 @@ def run_world(world: int, backend: str, shape: dict, iters: int, warmup: int, ti
                      "MB_exchanged_per_rank": float(f"{nbytes / 1e6:.4g}"),
                      "bus_GBps": float(f"{nbytes / (slowest / 1000.0) / 1e9:.4g}") if slowest > 0 else None}
     summary["ops"] = ops
-    summary["round_trip_exact"] = all(r.get("round_trip_exact", True) for r in results)
+    checked = [r["round_trip_exact"] for r in results if "round_trip_exact" in r]
+    summary["round_trip_exact"] = all(checked) if checked else None  # None: heads not divisible, no Ulysses
     summary["nccl_version"] = results[0].get("nccl_version")
     summary["device_name"] = results[0].get("device_name")
     layers = shape["layers"]
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=20, help="timed runs per op (median; default 20)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="default: the shape's")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per world size (and per collective)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per world size (and per collective)")
     p.add_argument("--blocking-wait", choices=["0", "1"], default="1",
                    help="TORCH_NCCL_BLOCKING_WAIT for the ranks: 1 as the node sets it (each collective waits on the "
                         "host, so the time includes that wait), 0 (the stream waits: the events time the GPU side)")
@@ -291,6 +292,14 @@ def main(argv: list[str] | None = None) -> int:
               "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     print(f"probe_multigpu_comm: shape {a.shape} ({shape['what']}), {count} GPUs visible, worlds {a.worlds}",
           flush=True)
+    out = Path(a.out) if a.out else None
+
+    def write() -> None:  # after every world size: a stage cut short keeps what it measured
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "probe_multigpu_comm.json").write_text(json.dumps(report, indent=1))
+            (out / "probe_multigpu_comm.md").write_text(markdown(report))
+
     for world in [int(w) for w in a.worlds.split(",") if w.strip()]:
         backend = a.backend
         if backend == "auto":
@@ -313,13 +322,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"  {world} ranks, {backend}: done in {summary['wall_s']} s; per model call "
                   f"{summary['per_model_call_ms']} ms", flush=True)
-    text = markdown(report)
-    print(text, flush=True)
-    if a.out:
-        out = Path(a.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "probe_multigpu_comm.json").write_text(json.dumps(report, indent=1))
-        (out / "probe_multigpu_comm.md").write_text(text)
+        write()
+    print(markdown(report), flush=True)
+    write()
+    if out is not None:
         print(f"wrote {out / 'probe_multigpu_comm.json'}, {out / 'probe_multigpu_comm.md'}", flush=True)
     failed = [w for w in report["worlds"] if w.get("error") or w.get("round_trip_exact") is False]
     return 1 if failed else 0
