@@ -102,7 +102,7 @@ left=$(( START + TOTAL - now ))
 END_BY=$(( START + TOTAL - 60 ))
 say "stage soak: ${left}s left; prompts until $(date -u -d @$END_BY +%H:%M:%S) (then summary and shutdown)"
 timeout -k 10 $(( left - 5 )) python3 benchmarks/soak.py --real --prompts "${PROMPTS:-220}" \
-  --min-prompts "${MIN_PROMPTS:-100}" --end-by "$END_BY" --seed "${SEED:-0}" --families "$FAMILIES" \
+  --min-prompts "${MIN_PROMPTS:-100}" --end-by "$END_BY" --finish-by $(( START + TOTAL - 22 )) --seed "${SEED:-0}" --families "$FAMILIES" \
   --max-size "${MAX_SIZE:-1024}" --steps-range "${STEPS_RANGE:-8,14}" --compile-shapes "${COMPILE_SHAPES:-512x1}" \
   --models-dir "$MODELS" --out "$OUT/soak" ${SOAK_ARGS:-} 2>&1 | tee "$OUT/soak/log.txt"
 rc_soak=${PIPESTATUS[0]}

@@ -390,6 +390,7 @@ class SoakConfig:
     mix: Any = None  # DemoMix(steps) unless given (soak_real.RealMix for --real)
     repeat_tolerance: int = 0  # largest pixel difference (8-bit levels) a repeat may show; 0: bit-identical
     time_budget: float | None = None  # stop sending prompts after this many seconds ...
+    finish_by: float | None = None  # unix time: a prompt still running then is cut (not a failure), no end floor
     min_prompts: int | None = None  # ... but a run with fewer than these fails (default: all of them)
     vram_floors: bool = False  # POST /free at the start and the end; the VRAM left is the floor
     warm_floor: bool = False  # ... and after warm-up (the next prompts load their models again: ~10-30 s on a GPU)
@@ -519,9 +520,24 @@ def run_soak(api: Api, config: SoakConfig, log=print) -> SoakResult:
                     time.sleep(0.02)
                 time.sleep(rng.uniform(0.02, 0.15))
                 api.post("/interrupt", {"prompt_id": prompt_id})
+            timeout = config.prompt_timeout
+            if config.finish_by is not None:
+                timeout = max(1.0, min(timeout, config.finish_by - time.time()))
             try:
-                entry = api.wait(prompt_id, config.prompt_timeout)
-            except (RuntimeError, TimeoutError, requests.RequestException) as e:
+                entry = api.wait(prompt_id, timeout)
+            except TimeoutError as e:
+                if config.finish_by is not None and time.time() >= config.finish_by - 1:
+                    record.update(outcome="cut", error=f"still running at the end of the time budget: {e}")
+                    api.post("/interrupt", {"prompt_id": prompt_id})
+                    _finish(api, record, result, out_file, t0, log, config, mix)
+                    break
+                record.update(outcome="lost", error=str(e))
+                alive = api.alive()
+                _finish(api, record, result, out_file, t0, log, config, mix)
+                if not alive:
+                    break
+                continue
+            except (RuntimeError, requests.RequestException) as e:
                 record.update(outcome="lost", error=str(e))
                 alive = api.alive()
                 _finish(api, record, result, out_file, t0, log, config, mix)
@@ -556,7 +572,10 @@ def run_soak(api: Api, config: SoakConfig, log=print) -> SoakResult:
             out_file.close()
     alive = api.alive()
     if config.vram_floors and alive:
-        floors["end"] = {**api.floor(), "after_prompts": len(result.records)}
+        if config.finish_by is None or config.finish_by - time.time() > 25:
+            floors["end"] = {**api.floor(), "after_prompts": len(result.records)}
+        else:
+            log("no time left for the end floor")
     result.summary = summarize(result.records, config, alive, time.monotonic() - started, mix, floors)
     if config.out is not None:
         (config.out / "summary.json").write_text(json.dumps(result.summary, indent=1))
@@ -632,6 +651,7 @@ def summarize(records: list[dict], config: SoakConfig, alive: bool, seconds: flo
         "prompts": len(records),
         "ok": count("ok"),
         "interrupted": count("interrupted"),
+        "cut_by_time_budget": count("cut"),
         "interrupt_sent": sum(r["kind"] == "interrupt" for r in records),
         "rejected": count("rejected"),
         "bad_sent": sum(r["kind"] == "bad" for r in records),
@@ -697,7 +717,8 @@ def format_summary(s: dict) -> str:
     lines = [
         (f"prompts {s['prompts']} in {s['seconds']:.0f}s: ok {s['ok']}, interrupted {s['interrupted']} "
          f"(of {s['interrupt_sent']} interrupts sent), rejected {s['rejected']} (of {s['bad_sent']} malformed), "
-         f"failed {len(s['failed'])}"),
+         f"failed {len(s['failed'])}" + (f", cut by the time budget {s['cut_by_time_budget']}"
+                                           if s.get("cut_by_time_budget") else "")),
         f"server alive: {s['server_alive']}",
         (f"RSS MB first {fmt(s['rss_mb_first'])}, last {fmt(s['rss_mb_last'])}, max {fmt(s['rss_mb_max'])}, "
          f"slope {s['rss_slope_mb_per_100']} MB/100 prompts after {s['rss_warmup_prompts']} warm-up prompts"),
@@ -738,6 +759,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--end-by", type=float, default=None,
                    help="unix time by which the last prompt must have been sent (sets --time-budget once the server "
                         "is up; device_soak.sh: its call's end less a reserve for the summary)")
+    p.add_argument("--finish-by", type=float, default=None,
+                   help="unix time by which the soak must be done (default: --end-by + 35): a prompt still running "
+                        "is cut (interrupted, not a failure), the end floor skipped when short of time")
     p.add_argument("--min-prompts", type=int, default=None, help="with --time-budget: fewer sent is a failure")
     p.add_argument("--repeat-tolerance", type=int, default=0,
                    help="largest pixel difference (8-bit levels) a repeated prompt may show (0: bit-identical)")
@@ -795,7 +819,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ComfyUI on {server.url} (pid {server.process.pid}, log {server.log_path})", flush=True)
             if args.end_by:
                 config.time_budget = args.end_by - time.time()
-                config.prompt_timeout = max(30.0, min(config.prompt_timeout, config.time_budget + 60))
+                config.finish_by = args.finish_by or args.end_by + 35
                 print(f"time budget for prompts: {config.time_budget:.0f} s", flush=True)
             result = run_soak(Api(server.url, server.process.pid, server), config)
         finally:

@@ -153,6 +153,74 @@ def test_oom_check_says_it_needs_cuda_and_exits_0():
     assert "needs CUDA" in done.stdout
 
 
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_oom_checks_plumbing_runs_on_a_tiny_flux_on_the_cpu(tmp_path, capsys):
+    """--cpu-smoke: every case and the table on a tiny FLUX, no limits (so nothing runs out: "not triggered"), the
+    received MODEL sampling identically after each case."""
+    import argparse
+    import json
+
+    import oom_check
+
+    args = argparse.Namespace(size=64, steps=2, out=tmp_path, cpu_smoke=True)
+    assert oom_check.run_checks(args, cpu=True) == 0
+    result = json.loads((tmp_path / "oom_check.json").read_text())
+    assert [c["case"][:3] for c in result["cases"]] == ["(a)", "(b)", "(c)"] and result["broken"] == []
+    for case in result["cases"]:
+        assert case["outcome"].startswith("not triggered") and case["after_lifting"].startswith("works")
+        assert case["received_model_after"] == "identical"
+    assert "| case | limit GiB |" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_oom_checks_classify_each_kind_of_outcome(tmp_path, monkeypatch, capsys):
+    """The same plumbing with OOMs injected while a limit is set (as tests/test_faults.py injects them): Quantize's
+    FastlaneOutOfMemory, a compiled call's OOM run eagerly with a warning, a recording's OOM run unrecorded; the
+    MODELs work once the limit is lifted."""
+    import argparse
+    import json
+
+    import oom_check
+    import torch
+    from fastlane.quantizers import patching
+
+    oom = "CUDA out of memory. Tried to allocate 2.00 GiB"
+    shim = oom_check.CpuShim
+    build = patching._build
+
+    def build_or_oom(*a, **k):
+        if shim.limited:
+            raise torch.OutOfMemoryError(oom)
+        return build(*a, **k)
+
+    def compile_or_oom(fn, **kwargs):
+        def call(*a, **k):
+            if shim.limited:
+                raise torch.OutOfMemoryError(oom)
+            return fn(*a, **k)
+        return call
+
+    record = oom_check._replay_by_recomputing
+
+    def record_or_oom(fn, pool=None):
+        if shim.limited:
+            raise torch.OutOfMemoryError(oom)
+        return record(fn, pool)
+
+    monkeypatch.setattr(patching, "_build", build_or_oom)
+    monkeypatch.setattr(torch, "compile", compile_or_oom)
+    monkeypatch.setattr(oom_check, "_replay_by_recomputing", record_or_oom)
+    args = argparse.Namespace(size=64, steps=3, out=tmp_path, cpu_smoke=True)
+    assert oom_check.run_checks(args, cpu=True) == 0
+    cases = json.loads((tmp_path / "oom_check.json").read_text())["cases"]
+    assert cases[0]["outcome"] == "FastlaneOutOfMemory" and cases[0]["clear"], cases[0]
+    assert cases[0]["received_under_limit"] == "identical"
+    assert cases[1]["outcome"] == "compiled call OOM -> ran eagerly with a warning" and cases[1]["factor"] == 1.5
+    assert cases[2]["outcome"].startswith("recording OOM -> graphs dropped") and cases[2]["graphs_left"] == 0
+    assert all(c["after_lifting"].startswith("works") and c["received_model_after"] == "identical" for c in cases)
+    assert "ran out of memory" in capsys.readouterr().out
+
+
 @pytest.mark.server
 def test_the_gpu_servers_launcher_starts_comfyui_and_answers_the_soaks_requests(tmp_path):
     """``soak_real.RealServer`` (here with --cpu: the launcher, the stand-ins, the empty frontend root and the
