@@ -776,6 +776,9 @@ def main(argv: list[str] | None = None) -> int:
     real.add_argument("--compile-shapes", default="512x1,512x2",
                       help="SIZExBATCH shapes compiled prompts draw from (each new one compiles once)")
     real.add_argument("--server-cpu", action="store_true", help="the --real server on the CPU (a smoke run)")
+    real.add_argument("--server-args", default="",
+                      help="more ComfyUI arguments for the --real server, with =: --server-args=--disable-cuda-malloc (ComfyUI's "
+                           "default on an H100 is torch's cudaMallocAsync allocator) or \"--highvram\"")
     real.add_argument("--no-vram-floors", action="store_true", help="skip POST /free at the start and the end")
     real.add_argument("--warm-floor", action="store_true", help="POST /free after the warm-up prompts too")
     real.add_argument("--max-vram-floor-growth-mb", type=float, default=512.0)
@@ -811,7 +814,9 @@ def main(argv: list[str] | None = None) -> int:
             import soak_real
             models_dir = args.models_dir or base / "models-real"  # a temporary one goes with the base directory
             soak_real.write_models_subprocess(models_dir, args.families.split(","), cpu=args.server_cpu)
-            server = soak_real.RealServer(base, models_dir, cpu=args.server_cpu)
+            import shlex
+            server = soak_real.RealServer(base, models_dir, cpu=args.server_cpu,
+                                          extra_args=("--disable-api-nodes", *shlex.split(args.server_args)))
         else:
             server = ComfyServer(base)
         try:

@@ -402,7 +402,9 @@ def serve(argv: list[str]) -> None:
     sys.path[:] = [e for e in sys.path if Path(e or ".").resolve() != BENCH_DIR]  # ComfyUI's modules, not ours
     script, *args = argv
     if "--front-end-root" not in args:
-        root = Path(tempfile.mkdtemp(prefix="fastlane-soak-frontend-"))
+        base = args[args.index("--base-directory") + 1] if "--base-directory" in args else None
+        root = Path(base) / "frontend" if base else Path(tempfile.mkdtemp(prefix="fastlane-soak-frontend-"))
+        root.mkdir(parents=True, exist_ok=True)
         (root / "index.html").write_text("<html><body>Fastlane soak: API only</body></html>")
         args += ["--front-end-root", str(root)]
     print(f"soak_real serve: stand-ins for {stubbed or 'nothing'}; {script} {' '.join(args)}", flush=True)
