@@ -221,6 +221,49 @@ def test_oom_checks_classify_each_kind_of_outcome(tmp_path, monkeypatch, capsys)
     assert "ran out of memory" in capsys.readouterr().out
 
 
+def test_model_files_are_written_once_with_a_lora_per_family(tmp_path, monkeypatch):
+    """write_models with run_workflows' writers replaced by tiny stand-ins (the real ones write 38 GB on a GPU):
+    each family's files, its random LoRA under its own name (workflow_lora.py's generic keys), a marker that makes
+    the next run keep them."""
+    import run_workflows
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    keys = {"flux": "double_blocks.0.img_attn.qkv.weight",
+            "sdxl": "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"}
+    calls = []
+
+    def writer(family):
+        def write(models_dir, device):
+            calls.append(family)
+            path = models_dir / run_workflows.MODEL_FILES[family]
+            save_file({keys[family]: torch.zeros(24, 8, dtype=torch.bfloat16)}, str(path))
+            return {path.name: 0.0}
+        return write
+
+    import copy
+
+    import folder_paths
+
+    # write_model_files registers tmp_path's folders with ComfyUI: undone after the test (other tests validate
+    # the shipped workflows expecting no model files)
+    monkeypatch.setattr(folder_paths, "folder_names_and_paths", copy.deepcopy(folder_paths.folder_names_and_paths))
+    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
+    monkeypatch.setattr(run_workflows, "WRITERS", {f: writer(f) for f in ("flux", "sdxl")})
+    written = soak_real.write_models(tmp_path, ["flux", "sdxl"], cpu=True)
+    assert calls == ["flux", "sdxl"] and set(written) == {"flux", "sdxl"}
+    for family in ("flux", "sdxl"):
+        lora = tmp_path / "loras" / soak_real.lora_name(family)
+        with safe_open(str(lora), framework="pt") as f:
+            assert any(k.endswith(".lora_up.weight") for k in f.keys())
+        assert (tmp_path / f".written-{family}").exists()
+    assert not (tmp_path / "loras" / "fastlane-random-lora.safetensors").exists()
+    assert soak_real.write_models(tmp_path, ["flux", "sdxl"]) == {"flux": "kept from an earlier run",
+                                                                  "sdxl": "kept from an earlier run"}
+    assert calls == ["flux", "sdxl"]
+
+
 @pytest.mark.server
 def test_the_gpu_servers_launcher_starts_comfyui_and_answers_the_soaks_requests(tmp_path):
     """``soak_real.RealServer`` (here with --cpu: the launcher, the stand-ins, the empty frontend root and the
