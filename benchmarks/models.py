@@ -178,34 +178,9 @@ def family_spec(family: str, tiny: bool = False, dtype: torch.dtype | None = Non
 @torch.no_grad()
 def random_init_(module: torch.nn.Module, std: float = 0.02, seed: int = 0) -> dict[str, int]:
     """Fill every parameter in place: matrices/kernels ~ N(0, std), 1-D ``*bias`` zeros, other 1-D (norm scales) ones.
-    Buffers (left uninitialised by ``to_empty``) are zeroed. Returns counts for the log."""
-    gen_device = next((p.device for p in module.parameters()), torch.device("cpu"))
-    gen = torch.Generator(device=gen_device)
-    gen.manual_seed(seed)
-    counts = {"matrices": 0, "biases": 0, "scales": 0, "buffers": 0, "params": 0}
-    for name, p in module.named_parameters():
-        counts["params"] += p.numel()
-        if p.ndim >= 2:
-            p.normal_(0.0, std, generator=gen)
-            counts["matrices"] += 1
-        elif name.endswith("bias"):
-            p.zero_()
-            counts["biases"] += 1
-        else:
-            p.fill_(1.0)
-            counts["scales"] += 1
-    for _, b in module.named_buffers():
-        if b.is_floating_point():
-            b.zero_()
-        counts["buffers"] += 1
-    return counts
-
-
-@torch.no_grad()
-def random_init_fp8_(module: torch.nn.Module, std: float = 0.02, seed: int = 0) -> dict[str, int]:
-    """``random_init_`` for a module whose parameters are (partly) float8_e4m3fn, which has no normal_: each fp8
-    matrix is drawn in bfloat16 one at a time and cast in (the temporary is one parameter, at most ~0.7 GB for
-    FLUX.2's largest Linear)."""
+    Buffers (left uninitialised by ``to_empty``) are zeroed. A float8_e4m3fn matrix (which has no ``normal_``) is
+    drawn in bfloat16 one at a time and cast in (the temporary is one parameter, at most ~0.7 GB for FLUX.2's largest
+    Linear). Returns counts for the log."""
     gen_device = next((p.device for p in module.parameters()), torch.device("cpu"))
     gen = torch.Generator(device=gen_device)
     gen.manual_seed(seed)
@@ -233,13 +208,10 @@ def random_init_fp8_(module: torch.nn.Module, std: float = 0.02, seed: int = 0) 
 
 
 def _materialise(diffusion_model: torch.nn.Module, device: torch.device, dtype: torch.dtype, seed: int) -> dict[str, int]:
-    if dtype == torch.float8_e4m3fn:  # as built by ComfyUI's fp8 weight_dtype: leave each parameter's own dtype
-        diffusion_model.to_empty(device=device)
-        counts = random_init_fp8_(diffusion_model, seed=seed)
-    else:
+    if dtype != torch.float8_e4m3fn:  # fp8 as ComfyUI's fp8 weight_dtype builds it: each parameter keeps its dtype
         diffusion_model.to(dtype=dtype)  # on meta: free
-        diffusion_model.to_empty(device=device)
-        counts = random_init_(diffusion_model, seed=seed)
+    diffusion_model.to_empty(device=device)
+    counts = random_init_(diffusion_model, seed=seed)
     for p in diffusion_model.parameters():
         p.requires_grad_(False)
     return counts

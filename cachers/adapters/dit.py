@@ -97,9 +97,7 @@ class DiTAdapter:
             return
         options = transformer_options_of(args, kwargs)
         if _control_of(self.model_class, args, kwargs) is not None or options.get("patches", {}).get(DOUBLE):
-            raise ValueError(f"Fastlane '{cache.granularity}' caching cannot follow a ControlNet (or a model patch "
-                             "that adds to every block's output); set the cacher's granularity to 'output' for "
-                             "graphs with one.")
+            raise block_patch_refusal(cache.granularity)
 
     def install(self, patcher, cache: StepCache) -> None:
         if cache.granularity == "output":
@@ -116,6 +114,13 @@ class DiTAdapter:
             patch = _block_patch(key, first=key == order[0], last=key == order[-1], spec=spec, joins=joins,
                                  residual=cache.granularity == "blocks", previous=existing.get(key))
             patcher.set_model_patch_replace(patch, "dit", *key)
+
+
+def block_patch_refusal(granularity: str) -> ValueError:
+    """The error of a block granularity meeting a ControlNet or a patch that adds to every block's output (a forecast
+    residual would miss what it adds on cached steps)."""
+    return ValueError(f"Fastlane '{granularity}' caching cannot follow a ControlNet (or a model patch that adds to "
+                      "every block's output); set the cacher's granularity to 'output' for graphs with one.")
 
 
 def _blocks_run(model: torch.nn.Module, spec: Family) -> list[tuple[str, int]]:

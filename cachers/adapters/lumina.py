@@ -46,6 +46,7 @@ import comfy.ldm.lumina.model
 
 from ...compilers.call_wrappers import transformer_options_of
 from ..session import Call, StepCache
+from .dit import block_patch_refusal
 
 STACK_KEY = ("fastlane_layer_stack", 0)  # patches_replace["dit"] key of the replacement of NextDiT's ``layers``
 NAMES = {"ZImage": "Z-Image", "Lumina2": "Lumina 2"}  # ComfyUI's model config class -> what users call the model
@@ -118,9 +119,7 @@ class LuminaAdapter:
         # ComfyUI 0.3.75's NextDiT reads no patches; later ones run patches["double_block"] after every layer
         # (Z-Image Fun ControlNet), which adds to each layer's output like a ControlNet.
         if transformer_options_of(args, kwargs).get("patches", {}).get("double_block"):
-            raise ValueError(f"Fastlane '{cache.granularity}' caching cannot follow a ControlNet (or a model patch "
-                             "that adds to every block's output); set the cacher's granularity to 'output' for "
-                             "graphs with one.")
+            raise block_patch_refusal(cache.granularity)
 
     def install(self, patcher, cache: StepCache) -> None:
         if cache.granularity == "output":
