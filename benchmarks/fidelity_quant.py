@@ -63,7 +63,28 @@ def native_grid() -> list[tuple[str, callable]]:
             ("native fp8_e4m3fn_fast (ComfyUI UNETLoader: e4m3 weights and inputs at scale 1)", native_fp8),
             ("Fastlane fp8_scaled_mm (per-row weight, per-token input scales; few-row fp8 weights)", ours),
             ("native fp8_e4m3fn_fast + target 0.3 order 2 (blocks)", lambda m: target(0.3)(native_fp8(m))),
-            ("Fastlane fp8_scaled_mm + target 0.3 order 2 (blocks): the fast tier", lambda m: target(0.3)(ours(m)))]
+            ("Fastlane fp8_scaled_mm + target 0.3 order 2 (blocks): the fast tier", lambda m: target(0.3)(ours(m)))] + \
+        tensorwise_rows()
+
+
+def tensorwise_rows() -> list[tuple[str, callable]]:
+    """Fastlane's tensor-wise fp8 (native's kernel with real scales; issue 20): per-tensor weight scale, activation
+    scale per call (dynamic) or from each Linear's first call of the run times a margin (calibrated)."""
+    import dataclasses
+
+    for margin in (1.0, 2.0, 4.0, 8.0):  # script-local variants of the calibrated scheme, one per margin compared
+        schemes.SCHEMES[f"fp8_tensorwise_m{margin:g}"] = dataclasses.replace(
+            schemes.SCHEMES["fp8_tensorwise"], name=f"fp8_tensorwise_m{margin:g}", margin=margin)
+    calibrated = quantize(f"fp8_tensorwise_m{schemes.TENSORWISE_MARGIN:g}", "fp8 weights")
+    return [("Fastlane fp8_tensorwise_dynamic (per-tensor weight and input scales, input amax per call; "
+             "few-row fp8 weights)", quantize("fp8_tensorwise_dynamic", "fp8 weights")),
+            ("Fastlane fp8_tensorwise calibrated, margin 1 (input scale from each Linear's first call of the run)",
+             quantize("fp8_tensorwise_m1", "fp8 weights")),
+            ("Fastlane fp8_tensorwise calibrated, margin 2", quantize("fp8_tensorwise_m2", "fp8 weights")),
+            ("Fastlane fp8_tensorwise calibrated, margin 4", quantize("fp8_tensorwise_m4", "fp8 weights")),
+            ("Fastlane fp8_tensorwise calibrated, margin 8", quantize("fp8_tensorwise_m8", "fp8 weights")),
+            (f"Fastlane fp8_tensorwise (margin {schemes.TENSORWISE_MARGIN:g}) + target 0.3 order 2 (blocks)",
+             lambda m: target(0.3)(calibrated(m)))]
 
 
 def grid() -> list[tuple[str, callable]]:

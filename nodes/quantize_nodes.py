@@ -86,7 +86,8 @@ class FastlaneSaveQuantized(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 io.Model.Input("model", tooltip="A MODEL from Fastlane Quantize with an fp8 scheme (fp8_scaled_mm, "
-                                                "fp8_scaled_mm_exact). It is only read, never changed."),
+                                                "fp8_scaled_mm_exact, fp8_tensorwise, fp8_tensorwise_dynamic). It "
+                                                "is only read, never changed."),
                 io.String.Input("filename_prefix", default="fastlane/flux_fp8_scaled",
                                 tooltip="File name under models/diffusion_models (a subfolder may be given); a "
                                         "counter and .safetensors are appended."),

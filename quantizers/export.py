@@ -11,10 +11,11 @@ Layout: ComfyUI's mixed-precision checkpoint format (ComfyUI 0.3.75, ``comfy/ops
   models): without it ComfyUI picks the checkpoint's majority weight dtype (fp8) as the model dtype on fp8 GPUs and
   would build the non-Linear parameters (FLUX's RMSNorm scales) in fp8.
 
-Scales: Fastlane's fp8 Linears have one scale per output row. The classic scaled-fp8 layout (``scale_weight`` per
-Linear) holds a single per-tensor scale only: its Linear declares a 0-d ``scale_weight`` (a per-row tensor fails to
-load) and its fp8 matmul path is per-tensor. The mixed-precision layout takes the scale tensor as given and
-dequantizes with ``codes.to(dtype) * scale``, so a ``[out, 1]`` scale broadcasts per row: the saved codes and scales
+Scales: Fastlane's row-wise fp8 Linears (fp8_scaled_mm) have one scale per output row; fp8_tensorwise's have one
+per tensor, written 0-d (ComfyUI's own per-tensor shape; its activation scale is per run, so no ``input_scale``).
+The classic scaled-fp8 layout (``scale_weight`` per Linear) holds a single per-tensor scale only: its Linear
+declares a 0-d ``scale_weight`` (a per-row tensor fails to load) and its fp8 matmul path is per-tensor. The
+mixed-precision layout takes the scale tensor as given and dequantizes with ``codes.to(dtype) * scale``, so a ``[out, 1]`` scale broadcasts per row: the saved codes and scales
 are the quantized model's, bit for bit, with no requantization. ComfyUI 0.3.75 computes these Linears by
 dequantizing the weight at each call (its fp8 ``_scaled_mm`` path needs a static ``input_scale``, which Fastlane's
 per-token scheme does not have, so none is written): fp8 weight memory, 16-bit matmuls.
@@ -58,14 +59,14 @@ def fp8_linears(model) -> dict[str, Fp8Weights]:
             torchao[name] = m.fastlane_scheme
     if torchao:
         scheme = min(torchao.values())
-        raise ValueError(f"{WRITER} takes a MODEL from Fastlane Quantize with scheme fp8_scaled_mm or "
-                         f"fp8_scaled_mm_exact; this MODEL was quantized with torchao's '{scheme}' ({len(torchao)} "
-                         "Linears), whose tensors ComfyUI's fp8 checkpoint layout does not hold. Quantize with "
-                         "fp8_scaled_mm to save.")
+        raise ValueError(f"{WRITER} takes a MODEL from Fastlane Quantize with scheme fp8_scaled_mm, "
+                         f"fp8_scaled_mm_exact or fp8_tensorwise(_dynamic); this MODEL was quantized with "
+                         f"torchao's '{scheme}' ({len(torchao)} Linears), whose tensors ComfyUI's fp8 checkpoint "
+                         "layout does not hold. Quantize with fp8_scaled_mm to save.")
     if not fp8:
-        raise ValueError(f"{WRITER} takes a MODEL from Fastlane Quantize with an fp8 scheme (fp8_scaled_mm or "
-                         "fp8_scaled_mm_exact); this MODEL has no quantized Linears. Put Fastlane Quantize "
-                         "(fp8_scaled_mm) between the loader and this node.")
+        raise ValueError(f"{WRITER} takes a MODEL from Fastlane Quantize with an fp8 scheme (fp8_scaled_mm, "
+                         "fp8_scaled_mm_exact, fp8_tensorwise); this MODEL has no quantized Linears. Put "
+                         "Fastlane Quantize (fp8_scaled_mm) between the loader and this node.")
     return fp8
 
 
@@ -80,8 +81,11 @@ def state_dict(model) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
     quantized_keys = set()
     for name, m in linears.items():
         out[f"{name}.weight"] = m.weight.detach().to("cpu", copy=True).contiguous()
-        # Fastlane keeps [1, out] (scale_b of _scaled_mm) or [out]; ComfyUI multiplies codes [out, in] by the scale
-        out[f"{name}.weight_scale"] = m.weight_scale.detach().float().reshape(-1, 1).to("cpu", copy=True).contiguous()
+        # Fastlane keeps [1, out] (scale_b of _scaled_mm) or [out]; ComfyUI multiplies codes [out, in] by the scale.
+        # fp8_tensorwise's single scale stays 0-d: ComfyUI's own per-tensor scale shape
+        scale = m.weight_scale.detach().float()
+        scale = scale.reshape(()) if scale.numel() == 1 and scale.dim() == 0 else scale.reshape(-1, 1)
+        out[f"{name}.weight_scale"] = scale.to("cpu", copy=True).contiguous()
         if m.bias is not None:
             out[f"{name}.bias"] = m.bias.detach().to("cpu", copy=True).contiguous()
         quantized_keys.update(f"{name}.{p}" for p in ("weight", "weight_scale", "bias"))
@@ -108,15 +112,18 @@ def state_dict(model) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
         }),
         "fastlane": json.dumps({
             "writer": WRITER, "fastlane_version": _fastlane_version(), "schemes": schemes,
-            "quantized_linears": len(linears), "weight_scale": "per output row, float32 [out, 1]",
+            "quantized_linears": len(linears),
+            "weight_scale": "; ".join(sorted({"per tensor, float32 0-d" if m.weight_scale.dim() == 0 else
+                                              "per output row, float32 [out, 1]" for m in linears.values()})),
             "patches_baked": baked, "layout": "ComfyUI mixed precision (TensorCoreFP8Layout, no input_scale)",
         }),
         "modelspec.author": WRITER,
     }
     fp8_bytes = sum(out[f"{n}.weight"].numel() for n in linears)
     total = sum(t.numel() * t.element_size() for t in out.values())
+    kinds = " and ".join(sorted({"per-tensor" if m.weight_scale.dim() == 0 else "per-row" for m in linears.values()}))
     summary = (f"{len(linears)} fp8 Linears ({', '.join(schemes)}; {fp8_bytes / 2 ** 20:.1f} MB of e4m3 weights with "
-               f"per-row scales), {total / 2 ** 20:.1f} MB in all; {baked} pending LoRA/weight patches baked in")
+               f"{kinds} scales), {total / 2 ** 20:.1f} MB in all; {baked} pending LoRA/weight patches baked in")
     return out, metadata, summary
 
 

@@ -18,6 +18,7 @@ from ..compilers import qkv_fusion
 from ..faults import FREE_VRAM, OOM_ERRORS, FastlaneOutOfMemory, first_line, free_memory
 from . import filters, model_copy, schemes
 from .fp8_scaled import Fp8RowwiseLinear, Fp8Weights
+from .fp8_tensorwise import Fp8TensorwiseLinear, recalibrate_each_run
 from .fp8_weight_only import Fp8WeightOnlyLinear
 
 KEY = "fastlane_quantize"
@@ -174,6 +175,8 @@ def quantize(model, scheme_name: str, preset: str = "none", regex: str = "", few
         free_memory()
         raise failure
     quantized.add_wrapper_with_key(_outer_sample(), KEY, _refuse_later_patches(set(selection.quantized)))
+    if scheme.tensorwise == "calibrated":  # each sampling run measures its own activation scales
+        quantized.add_wrapper_with_key(_outer_sample(), KEY, recalibrate_each_run())
     quantized.add_callback_with_key(_on_pre_run(), KEY, _note_offloaded_copies(sorted(selection.quantized)))
     report = Report(scheme.name, selection, linear_before, linear_after, model.model_size(), baked, copied, notes)
     log.info(report.text())
@@ -214,6 +217,9 @@ def _drop_qkv_fusion(model) -> tuple[str, ...]:
 
 def _build(scheme: schemes.Scheme, original: torch.nn.Linear, weight: torch.Tensor,
            bias: torch.Tensor | None) -> torch.nn.Module:
+    if scheme.tensorwise:
+        return Fp8TensorwiseLinear(weight, bias, mode=scheme.tensorwise, margin=scheme.margin,
+                                   fast_accum=scheme.fast_accum)
     if not scheme.uses_torchao:
         return Fp8RowwiseLinear(weight, bias, fast_accum=scheme.fast_accum)
     from torchao.quantization import quantize_

@@ -20,6 +20,9 @@ class Scheme:
     fp8: bool  # needs fp8 hardware (NVIDIA compute capability 8.9+: Ada, Hopper, Blackwell)
     quantizes_activations: bool
     fast_accum: bool = True  # Fastlane's _scaled_mm schemes only
+    # Fastlane's tensor-wise fp8 (fp8_tensorwise.py): "" for the row-wise schemes, else "dynamic" or "calibrated"
+    tensorwise: str = ""
+    margin: float = 1.0  # calibrated tensor-wise: the first input's abs-max times this is the run's activation range
 
     @property
     def uses_torchao(self) -> bool:
@@ -53,6 +56,8 @@ def _fp8_weight_only():
     return Float8WeightOnlyConfig()
 
 
+TENSORWISE_MARGIN = 2.0  # fp8_tensorwise's calibration margin: see docs/COMPILE_QUANT.md (fidelity per margin)
+
 SCHEMES: dict[str, Scheme] = {s.name: s for s in [
     Scheme("fp8_scaled_mm", "fp8 e4m3 weights (per row) and activations (per token) multiplied by torch's own "
            "_scaled_mm with fast accumulation (sm89+): the math of fp8_dynamic_rowwise without a tensor subclass, "
@@ -60,6 +65,14 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in [
            quantizes_activations=True),
     Scheme("fp8_scaled_mm_exact", "as fp8_scaled_mm, with exact fp32 accumulation inside the matmul (a little "
            "slower, a little closer to 16-bit)", None, fp8=True, quantizes_activations=True, fast_accum=False),
+    Scheme("fp8_tensorwise", "fp8 e4m3 weights with one scale per tensor, activations with one scale per Linear "
+           "measured on its first call of each sampling run (its abs-max times 2; then fixed for that run, saturating "
+           "above it): "
+           "_scaled_mm's tensor-wise mode, the kernel of ComfyUI's fp8_e4m3fn_fast, with real scales instead of 1 "
+           "(sm89+)", None, fp8=True, quantizes_activations=True, tensorwise="calibrated", margin=TENSORWISE_MARGIN),
+    Scheme("fp8_tensorwise_dynamic", "as fp8_tensorwise, with the activation scale measured on every call (one "
+           "abs-max over the input): never saturates, one reduction more per Linear", None, fp8=True,
+           quantizes_activations=True, tensorwise="dynamic"),
     Scheme("int8_dynamic", "int8 weights (per row) and int8 activations quantized per token at run time: int8 "
            "tensor-core matmuls; best with Fastlane Compile", _int8_dynamic, fp8=False, quantizes_activations=True),
     Scheme("fp8_dynamic_rowwise", "fp8 e4m3 weights and activations, one scale per row/token: fp8 tensor-core "

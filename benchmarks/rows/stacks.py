@@ -160,6 +160,20 @@ for _name, _families, _heavy, _make, _note in [
                                                          _quantized(m, "fp8_scaled_mm", "auto"),
                                                          compute_fraction=0.3, order=2, granularity="output"))),
      "the row above, then Fastlane CUDA Graph (computed steps replayed; the output cache decides outside the graph)"),
+    # fp8 tensor-wise (issue 20): _scaled_mm's tensor-wise mode (native fp8_e4m3fn_fast's kernel) with real
+    # per-tensor scales; against native_fp8+compile (core.py) and fp8sm_fewfp8+compile_regional
+    ("fp8tw+compile_regional", ("flux",), True, lambda m: _compiled(_quantized(m, "fp8_tensorwise", "auto")),
+     ("fp8_tensorwise (per-tensor weight scale, activation scale calibrated on each run's first call; few-row "
+      "weights fp8), Fastlane Compile regional")),
+    ("fp8tw_dyn+compile_regional", ("flux",), True,
+     lambda m: _compiled(_quantized(m, "fp8_tensorwise_dynamic", "auto")),
+     ("fp8_tensorwise_dynamic (per-tensor activation abs-max at every call; few-row weights fp8), Fastlane Compile "
+      "regional")),
+    ("fast_target0.3_fp8tw", ("flux",), True,
+     lambda m: _compiled(node("FastlaneTargetSpeedCache", _quantized(m, "fp8_tensorwise", "auto"),
+                              compute_fraction=0.3, order=2)),
+     ("fp8_tensorwise (few-row weights fp8), target-speed 0.3 order 2 (blocks), Fastlane Compile regional: the "
+      "fast tier on the tensor-wise kernel")),
     ("attn_sage", ("flux", "sdxl"), False, lambda m: _attention(m, "sage"),
      "Fastlane Attention Kernel: SageAttention (INT8 Q.K, Triton), eager"),
     ("fp8sm+attn_sage+compile_regional", ("flux", "sdxl"), True,
