@@ -48,23 +48,10 @@ say "device_multigpu.sh: stages ${stages[*]}, pack root $PWD, OUT $M, budget ${B
 say "setup: .devcarry wheels -> /tmp/site"
 if [ "$tiny" = 1 ]; then
   say "  TINY: no wheels, no .devcarry ComfyUI (this machine's own: COMFYUI_PATH / .fastlane-env)"
-elif [ ! -f /tmp/site/.fastlane_installed ]; then
-  if ls .devcarry/whl/*.whl >/dev/null 2>&1; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .devcarry/whl/*.whl \
-      && touch /tmp/site/.fastlane_installed || say "WARNING: wheel install failed (rows needing diffusers/torchao will say so)"
-  else
-    say "WARNING: no .devcarry/whl/*.whl (was carry [\".devcarry\"] given?)"
-  fi
 else
-  say "  already installed on this (warm) machine"
-fi
-if [ "$tiny" = 1 ]; then
-  :
-elif [ -d .devcarry/ComfyUI ]; then
-  export PYTHONPATH=/tmp/site:$PWD/.devcarry/ComfyUI${PYTHONPATH:+:$PYTHONPATH}
-else
-  say "WARNING: no .devcarry/ComfyUI: run ../shared/device/prepare_carry.sh .comfyui/ComfyUI and carry .devcarry"
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  # shellcheck source=benchmarks/device_setup.sh
+  source "$(dirname "${BASH_SOURCE[0]}")/device_setup.sh"
+  device_setup
 fi
 say "NCCL_NVLS_ENABLE=$NCCL_NVLS_ENABLE TORCH_SYMM_MEM_DISABLE_MULTICAST=$TORCH_SYMM_MEM_DISABLE_MULTICAST NVSHMEM_DISABLE_NVLS=$NVSHMEM_DISABLE_NVLS"
 

@@ -42,18 +42,9 @@ stages=("$@")
 
 say "device_run.sh: stages ${stages[*]}, pack root $PWD, OUT $OUT"
 say "setup: .devcarry wheels -> /tmp/site"
-if [ ! -f /tmp/site/.fastlane_installed ]; then
-  if ls .devcarry/whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .devcarry/whl/*.whl \
-      && touch /tmp/site/.fastlane_installed || say "WARNING: wheel install failed (rows needing diffusers/torchao will say so)"
-  else
-    say "WARNING: no .devcarry/whl/*.whl (was carry [\".devcarry\"] given?)"
-  fi
-else
-  say "  already installed on this (warm) machine"
-fi
-[ -d .devcarry/ComfyUI ] || say "WARNING: no .devcarry/ComfyUI: run ../shared/device/prepare_carry.sh .comfyui/ComfyUI and carry .devcarry"
-export PYTHONPATH=/tmp/site:$PWD/.devcarry/ComfyUI${PYTHONPATH:+:$PYTHONPATH}
+# shellcheck source=benchmarks/device_setup.sh
+source "$(dirname "${BASH_SOURCE[0]}")/device_setup.sh"
+device_setup
 nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total,clocks.sm,clocks.max.sm,power.draw,temperature.gpu \
   --format=csv 2>&1 || true
 python3 -c "import torch,sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"

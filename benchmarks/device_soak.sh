@@ -37,18 +37,9 @@ say() { echo "[$(ts)] $*"; }
 mkdir -p "$OUT/oom" "$OUT/soak"
 
 say "device_soak.sh: pack root $PWD, OUT $OUT, total ${TOTAL}s"
-if [ ! -f /tmp/site/.fastlane_installed ]; then
-  if ls .devcarry/whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .devcarry/whl/*.whl \
-      && touch /tmp/site/.fastlane_installed || say "WARNING: wheel install failed"
-  else
-    say "WARNING: no .devcarry/whl/*.whl (was carry [\".devcarry\"] given?)"
-  fi
-else
-  say "  wheels already installed on this (warm) machine"
-fi
-[ -d .devcarry/ComfyUI ] || say "WARNING: no .devcarry/ComfyUI: run ../shared/device/prepare_carry.sh .comfyui/ComfyUI and carry .devcarry"
-export PYTHONPATH=/tmp/site:$PWD/.devcarry/ComfyUI${PYTHONPATH:+:$PYTHONPATH}
+# shellcheck source=benchmarks/device_setup.sh
+source "$(dirname "${BASH_SOURCE[0]}")/device_setup.sh"
+device_setup
 export COMFYUI_PATH=$PWD/.devcarry/ComfyUI FASTLANE_PYTHON=python3
 # the server's own web stack (the benchmarks never needed it): from .devcarry/soak_whl only where the image lacks it
 if ! python3 -c "import aiohttp, yarl" 2>/dev/null; then
