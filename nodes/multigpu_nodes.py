@@ -11,11 +11,11 @@ from ..parallel import wan
 from ..parallel.attention import MODES
 from ..parallel.launcher import LaunchSpec
 from ..parallel.session import (
-    REFUSED_WRAPPERS,
     ParallelSession,
     ShardedForward,
     WanShardedForward,
-    supported_cache_granularities,
+    granularity_refusal,
+    wrapper_refusal,
 )
 
 CATEGORY = "fastlane/speed"
@@ -92,16 +92,10 @@ def attach(model, gpus: int, attention: str, device: str, timeout_s: float = 600
     if attention == "ulysses" and dm.num_heads % gpus:
         raise ValueError(f"ulysses splits the {dm.num_heads} attention heads across ranks: pick a rank count that "
                          f"divides {dm.num_heads}, or attention 'kv_gather'")
-    for wrappers in model.wrappers.values():
-        for key, name in REFUSED_WRAPPERS.items():
-            if wrappers.get(key):
-                raise ValueError(f"Fastlane Multi-GPU does not run {name} on the worker ranks; remove {name} "
-                                 "from this MODEL's chain")
     cache = model.model_options.get("transformer_options", {}).get("fastlane_cache")
-    if cache is not None and cache.granularity not in supported_cache_granularities(family):
-        raise ValueError(f"Fastlane Multi-GPU runs {family} with cachers at granularity "
-                         f"{' / '.join(supported_cache_granularities(family))}; this MODEL's cacher uses "
-                         f"'{cache.granularity}'")
+    refusal = wrapper_refusal(model.wrappers) or (cache and granularity_refusal(family, cache.granularity))
+    if refusal:
+        raise ValueError(refusal)
     backend, devices = _devices(model, gpus, device)
     spec = LaunchSpec(world=gpus, backend=backend, devices=devices, timeout_s=float(timeout_s),
                       threads=torch.get_num_threads())
@@ -114,6 +108,8 @@ def attach(model, gpus: int, attention: str, device: str, timeout_s: float = 600
             module = dm.get_submodule(path)
             patched.add_object_patch(f"diffusion_model.{path}.forward", wan.SelfAttentionHook(module))
     patched.add_callback_with_key(CallbacksMP.ON_DETACH, KEY, _on_detach(session))
+    for event in (CallbacksMP.ON_LOAD, CallbacksMP.ON_PRE_RUN):  # what a load can change is checked once after it
+        patched.add_callback_with_key(event, KEY, lambda *args, **kwargs: session.mark_reloaded())
     return patched, session
 
 

@@ -1,10 +1,11 @@
 """Rank 0's side of one Fastlane Multi-GPU MODEL: the workers' lifetime and every sharded call.
 
 ``ParallelSession`` is what the node's object patch calls in place of the model's ``forward_orig``. Per call it
-checks the graph can be split (no ControlNet, mask, block patches or lowvram), starts the workers on first use (or
-again after ``release``/a failure), re-sends the weights when their state changed (a LoRA/patch: keyed on the
-patcher's weight-patch uuid plus each tensor's storage and version), announces the call, broadcasts its inputs and
-runs rank 0's share.
+checks the graph can be split (no ControlNet, mask or block patches), starts the workers on first use (or again
+after ``release``/a failure), announces the call, broadcasts its inputs and runs rank 0's share. What only a load
+can change is checked once per load or sampling run (``mark_reloaded``: the node's ON_LOAD / ON_PRE_RUN callbacks),
+not at every step: that rank 0's model is fully loaded (no lowvram), and whether the weights changed (a LoRA/patch:
+keyed on the patcher's weight-patch uuid plus each tensor's storage and version), which re-sends them.
 
 Failures: a worker that died or hung makes the call raise ``ParallelError`` naming the rank, its exit code and its
 own traceback, within the collective timeout at worst; the session then stops every worker, and the next call
@@ -37,6 +38,24 @@ def supported_cache_granularities(family: str) -> tuple[str, ...]:
     return ("output", "blocks", "last_block") if family == "flux" else ("output",)
 
 
+def granularity_refusal(family: str, granularity: str) -> str | None:
+    """Why a cacher at ``granularity`` cannot run sharded on ``family``, or None."""
+    if granularity in supported_cache_granularities(family):
+        return None
+    return (f"Fastlane Multi-GPU runs {family} with cachers at granularity "
+            f"{' / '.join(supported_cache_granularities(family))}; this MODEL's cacher uses '{granularity}'")
+
+
+def wrapper_refusal(wrappers: dict) -> str | None:
+    """Why a MODEL with these wrappers (``{wrapper type: {key: [...]}}``) cannot run sharded, or None."""
+    for keyed in wrappers.values():
+        for key, name in REFUSED_WRAPPERS.items():
+            if keyed.get(key):
+                return (f"Fastlane Multi-GPU does not run {name} on the worker ranks; remove {name} from this "
+                        "MODEL's chain (see docs/MULTIGPU.md)")
+    return None
+
+
 class ParallelError(RuntimeError):
     """A sequence-parallel call failed because of a worker (died, hung, raised) or cannot be split."""
 
@@ -56,6 +75,7 @@ class ParallelSession:
         self.workers: Workers | None = None
         self._finalizer: Any = None
         self._sent_key: Any = None
+        self._reloaded = True  # rank 0's model was (re)loaded since the last weights check
         self._lock = threading.Lock()
         self.calls = 0  # sharded calls run (rank 0's count; tests and logs read it)
         self.weight_sends = 0
@@ -109,10 +129,9 @@ class ParallelSession:
             raise ParallelError(f"Fastlane Multi-GPU cannot split a call with {unknown} yet (reference latents, "
                                 "audio or other extra inputs)")
         granularity = getattr(options.get("fastlane_cache"), "granularity", "output")
-        if granularity not in supported_cache_granularities(family):
-            raise ParallelError(f"Fastlane Multi-GPU runs {family} with cachers at granularity "
-                                f"{' / '.join(supported_cache_granularities(family))}; this MODEL's cacher uses "
-                                f"'{granularity}'")
+        refusal = granularity_refusal(family, granularity)
+        if refusal:
+            raise ParallelError(refusal)
         patches = {k: v for k, v in options.get("patches", {}).items() if v}
         # a block cache's own block patches are replaced, per call, by flux.py's sharded version of them
         replaced = options.get("patches_replace", {}).get("dit", {}) if granularity == "output" else {}
@@ -120,11 +139,17 @@ class ParallelSession:
             raise ParallelError(f"Fastlane Multi-GPU cannot split a call with model patches ({sorted(patches)}"
                                 f"{', dit block replacements' if replaced else ''}): they would run on rank 0's "
                                 "tokens only")
-        for keyed in options.get("wrappers", {}).values():
-            for key, name in REFUSED_WRAPPERS.items():
-                if keyed.get(key):
-                    raise ParallelError(f"Fastlane Multi-GPU does not run {name} on the worker ranks; remove "
-                                        f"{name} from this MODEL's chain (see docs/MULTIGPU.md)")
+        refusal = wrapper_refusal(options.get("wrappers", {}))
+        if refusal:
+            raise ParallelError(refusal)
+
+    def mark_reloaded(self) -> None:
+        """ComfyUI (re)loaded rank 0's model or starts a sampling run: check the load and the weights at the next
+        call."""
+        self._reloaded = True
+
+    @staticmethod
+    def _check_fully_loaded(model: torch.nn.Module) -> None:
         for module in model.modules():
             if getattr(module, "weight_function", None) or getattr(module, "bias_function", None):
                 raise ParallelError("Fastlane Multi-GPU needs rank 0's model fully loaded (ComfyUI loaded it in "
@@ -157,6 +182,8 @@ class ParallelSession:
                 ) -> torch.Tensor:
         """One ``forward_orig`` call of ``family`` ("flux", "wan") on ``spec.world`` ranks: ``inputs`` are its
         tensors (None allowed), the same list the family's ``run`` takes; returns rank 0's (full) output."""
+        if self._reloaded:
+            self._check_fully_loaded(model)
         with self._lock:
             try:
                 workers = self._start()
@@ -165,9 +192,11 @@ class ParallelSession:
                 from .comm import Comm
 
                 comm = Comm(workers.group, 0, self.spec.world, self._comm_device(), on_error=self._failure)
-                key = self._weights_key(model, getattr(base_model, "current_weight_patches_uuid", None))
-                if key != self._sent_key:
-                    self._send_weights(workers, comm, model, key)
+                if self._reloaded or self._sent_key is None:  # new workers hold no weights yet
+                    key = self._weights_key(model, getattr(base_model, "current_weight_patches_uuid", None))
+                    if key != self._sent_key:
+                        self._send_weights(workers, comm, model, key)
+                    self._reloaded = False
                 cache = FAMILIES[family].cache_info(options)
                 workers.post({"op": "call", "family": family, "mode": self.mode, "cache": cache,
                               "manifest": transfer.manifest_of(inputs)})
