@@ -35,9 +35,13 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 PACK_DIR = BENCH_DIR.parent
+sys.path.insert(0, str(PACK_DIR / "tests"))
+from tiny_models import replay_by_recomputing as _replay_by_recomputing  # noqa: E402  (the CPU smoke's recorder)
+
 GiB = 2**30
 
 
@@ -105,20 +109,6 @@ class CpuShim:
     @staticmethod
     def get_device_properties(device=None):
         return type("Props", (), {"total_memory": 64 * GiB})()
-
-
-def _replay_by_recomputing(fn, pool=None):
-    """CUDA graph recording's stand-in on the CPU (as tests/test_cuda_graph.py's)."""
-    recorded = fn()
-
-    def tensors(r):
-        return [r[0], *(r[1][k] for k in sorted(r[1]))]
-
-    def replay():
-        for old, new in zip(tensors(recorded), tensors(fn())):
-            old.copy_(new)
-
-    return replay, recorded
 
 
 def run_checks(args, cpu: bool = False) -> int:
@@ -205,6 +195,43 @@ def run_checks(args, cpu: bool = False) -> int:
             row["received_model_after"] = f"ERROR {type(e).__name__}: {str(e)[:200]}"
         row["allocated_gib_after"] = round(cuda.memory_allocated(device) / GiB, 2)
 
+    def squeeze(row: dict, factors: tuple[float, ...], prepare, ran_out, outcomes: dict[str, str],
+                plain_is_unclear: bool) -> Any:
+        """Sample the MODEL ``prepare()`` gives (per limit) under limits of ``factor`` x the eager peak, stepping down
+        until one bites, and record in ``row`` how: ``ran_out(model)`` -> extra fields when the call noted an OOM it
+        fell back from (``outcomes["fallback"]``), else None; FastlaneOutOfMemory (``outcomes["both"]``); a plain
+        torch OOM (``outcomes["plain"]``); another error. Returns the last MODEL."""
+        row["outcome"] = "not triggered"
+        model = None
+        for factor in factors:
+            model = prepare()
+            lines.lines.clear()
+            limit_gib = round(limit(factor * eager_peak), 2)
+            try:
+                sample(model, args.size)
+                extra = ran_out(model)
+                if extra is not None:
+                    row.update(outcome=outcomes["fallback"], factor=factor, limit_gib=limit_gib, **extra)
+                    break
+            except FastlaneOutOfMemory as e:
+                row.update(outcome=outcomes["both"], factor=factor, limit_gib=limit_gib, message=str(e)[:400])
+                break
+            except OOM_ERRORS as e:
+                row.update(outcome=outcomes["plain"], factor=factor, limit_gib=limit_gib, message=str(e)[:300],
+                           **({"clear": False} if plain_is_unclear else {}))
+                break
+            except Exception as e:  # noqa: BLE001
+                row.update(outcome=f"other error {type(e).__name__}", factor=factor, message=str(e)[:300],
+                           clear=False)
+                break
+        row["warnings"] = [ln[:300] for ln in lines.lines if ln.startswith("WARNING")][:3]
+        unlimit()
+        return model
+
+    def oom_note(notes: list[str]) -> dict | None:
+        note = next((n for n in notes if "ran out of memory" in n), None)
+        return None if note is None else {"message": note[:400]}
+
     # (a) Fastlane Quantize --------------------------------------------------------------------------------------
     row = {"case": f"(a) Quantize {scheme}"}
     lines.lines.clear()
@@ -248,30 +275,11 @@ def run_checks(args, cpu: bool = False) -> int:
     t0 = time.perf_counter()
     sample(compiled, args.size)  # compiles here, without a limit
     row["compile_s"] = round(time.perf_counter() - t0, 1)
-    row["outcome"] = "not triggered"
-    for factor in (1.5, 1.2, 1.0, 0.8, 0.6, 0.4, 0.2):
-        lines.lines.clear()
-        limit_gib = limit(factor * eager_peak)
-        try:
-            sample(compiled, args.size)
-            notes = (engine.compiler_of(compiled).report()["last_run"] or {}).get("notes", [])
-            if any("ran out of memory" in n for n in notes):
-                row.update(outcome="compiled call OOM -> ran eagerly with a warning", factor=factor,
-                           limit_gib=round(limit_gib, 2), message=next(n for n in notes if "ran out" in n)[:400])
-                break
-        except FastlaneOutOfMemory as e:
-            row.update(outcome="FastlaneOutOfMemory (compiled and eager call both ran out)", factor=factor,
-                       limit_gib=round(limit_gib, 2), message=str(e)[:400])
-            break
-        except OOM_ERRORS as e:
-            row.update(outcome="plain torch OOM (no Fastlane message)", factor=factor, limit_gib=round(limit_gib, 2),
-                       message=str(e)[:300], clear=False)
-            break
-        except Exception as e:  # noqa: BLE001
-            row.update(outcome=f"other error {type(e).__name__}", factor=factor, message=str(e)[:300], clear=False)
-            break
-    row["warnings"] = [ln[:300] for ln in lines.lines if ln.startswith("WARNING")][:3]
-    unlimit()
+    squeeze(row, (1.5, 1.2, 1.0, 0.8, 0.6, 0.4, 0.2), lambda compiled=compiled: compiled,
+            lambda m: oom_note((engine.compiler_of(m).report()["last_run"] or {}).get("notes", [])),
+            {"fallback": "compiled call OOM -> ran eagerly with a warning",
+             "both": "FastlaneOutOfMemory (compiled and eager call both ran out)",
+             "plain": "plain torch OOM (no Fastlane message)"}, plain_is_unclear=True)
     try:
         out = sample(compiled, args.size)
         run = engine.compiler_of(compiled).report()["last_run"] or {}
@@ -287,35 +295,20 @@ def run_checks(args, cpu: bool = False) -> int:
 
     # (c) Fastlane CUDA Graph ------------------------------------------------------------------------------------
     row = {"case": f"(c) CUDA Graph (eager FLUX), {args.size}^2"}
-    row["outcome"] = "not triggered"
-    graphed = None
-    for factor in (2.0, 1.7, 1.5, 1.3, 1.15, 1.0, 0.9, 0.8):
-        graphed = (cuda_graphs.attach(base, record=_replay_by_recomputing)[0] if cpu  # a fresh recorder
-                   else node["FastlaneCudaGraph"].execute(model=base).result[0])
-        lines.lines.clear()
-        limit_gib = limit(factor * eager_peak)
-        try:
-            sample(graphed, args.size)
-            report = cuda_graphs.recorder_of(graphed).report()
-            notes = (report["last_run"] or {}).get("notes", [])
-            if any("ran out of memory" in n for n in notes):
-                row.update(outcome="recording OOM -> graphs dropped, ran unrecorded with a warning", factor=factor,
-                           limit_gib=round(limit_gib, 2), message=next(n for n in notes if "ran out" in n)[:400],
-                           graphs_left=report["graphs"])
-                break
-        except FastlaneOutOfMemory as e:
-            row.update(outcome="FastlaneOutOfMemory (recording and the plain call both ran out)", factor=factor,
-                       limit_gib=round(limit_gib, 2), message=str(e)[:400])
-            break
-        except OOM_ERRORS as e:
-            row.update(outcome="plain torch OOM (the unrecorded first call of the size ran out)", factor=factor,
-                       limit_gib=round(limit_gib, 2), message=str(e)[:300])
-            break
-        except Exception as e:  # noqa: BLE001
-            row.update(outcome=f"other error {type(e).__name__}", factor=factor, message=str(e)[:300], clear=False)
-            break
-    row["warnings"] = [ln[:300] for ln in lines.lines if ln.startswith("WARNING")][:3]
-    unlimit()
+
+    def graphs_dropped(m) -> dict | None:
+        report = cuda_graphs.recorder_of(m).report()
+        note = oom_note((report["last_run"] or {}).get("notes", []))
+        return None if note is None else {**note, "graphs_left": report["graphs"]}
+
+    graphed = squeeze(row, (2.0, 1.7, 1.5, 1.3, 1.15, 1.0, 0.9, 0.8),
+                      lambda: (cuda_graphs.attach(base, record=_replay_by_recomputing)[0] if cpu
+                                        else node["FastlaneCudaGraph"].execute(model=base).result[0]),  # fresh
+                      graphs_dropped,
+                      {"fallback": "recording OOM -> graphs dropped, ran unrecorded with a warning",
+                       "both": "FastlaneOutOfMemory (recording and the plain call both ran out)",
+                       "plain": "plain torch OOM (the unrecorded first call of the size ran out)"},
+                      plain_is_unclear=False)
     try:
         out = sample(graphed, args.size)
         out = sample(graphed, args.size)

@@ -482,13 +482,18 @@ def run_soak(api: Api, config: SoakConfig, log=print) -> SoakResult:
             record["key"] = key
             t0 = time.monotonic()
             api.mark_log()
+
+            def unanswered(outcome: str, error: str, record: dict = record, t0: float = t0) -> bool:
+                """Record a prompt the server did not answer; True when the server is gone (the soak stops)."""
+                record.update(outcome=outcome, error=error)
+                alive = api.alive()
+                _finish(api, record, result, out_file, t0, log, config, mix)
+                return not alive
+
             try:
                 r = api.post("/prompt", {"prompt": prompt, "client_id": "fastlane-soak"})
             except requests.RequestException as e:
-                record.update(outcome="http_error", error=str(e))
-                alive = api.alive()
-                _finish(api, record, result, out_file, t0, log, config, mix)
-                if not alive:
+                if unanswered("http_error", str(e)):
                     break
                 continue
             record["http_status"] = r.status_code
@@ -525,23 +530,14 @@ def run_soak(api: Api, config: SoakConfig, log=print) -> SoakResult:
                 timeout = max(1.0, min(timeout, config.finish_by - time.time()))
             try:
                 entry = api.wait(prompt_id, timeout)
-            except TimeoutError as e:
-                if config.finish_by is not None and time.time() >= config.finish_by - 1:
+            except (TimeoutError, RuntimeError, requests.RequestException) as e:
+                if isinstance(e, TimeoutError) and config.finish_by is not None \
+                        and time.time() >= config.finish_by - 1:
                     record.update(outcome="cut", error=f"still running at the end of the time budget: {e}")
                     api.post("/interrupt", {"prompt_id": prompt_id})
                     _finish(api, record, result, out_file, t0, log, config, mix)
                     break
-                record.update(outcome="lost", error=str(e))
-                alive = api.alive()
-                _finish(api, record, result, out_file, t0, log, config, mix)
-                if not alive:
-                    break
-                continue
-            except (RuntimeError, requests.RequestException) as e:
-                record.update(outcome="lost", error=str(e))
-                alive = api.alive()
-                _finish(api, record, result, out_file, t0, log, config, mix)
-                if not alive:
+                if unanswered("lost", str(e)):
                     break
                 continue
             status = entry.get("status", {})

@@ -8,6 +8,8 @@ kernel ahead of the matmul. Same math as torchao's ``Float8DynamicActivationFloa
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 FP8 = torch.float8_e4m3fn
@@ -29,11 +31,13 @@ class Fp8Weights(torch.nn.Module):
     fastlane_scheme = ""  # every quantized module names its scheme here; QKV fusion recognises a quantized MODEL by it
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, scale_shape: tuple[int, ...],
-                 bias_dtype: torch.dtype | None = None) -> None:
+                 bias_dtype: torch.dtype | None = None,
+                 quantize: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = quantize_rows) -> None:
+        """``quantize``: weight -> (e4m3 codes, scales), one scale per row by default."""
         super().__init__()
         self.out_features, self.in_features = weight.shape
         with torch.no_grad():
-            q, scale = quantize_rows(weight.detach())
+            q, scale = quantize(weight.detach())
         self.weight = torch.nn.Parameter(q, requires_grad=False)
         self.register_buffer("weight_scale", scale.reshape(scale_shape).contiguous())
         self.bias = None if bias is None else torch.nn.Parameter(

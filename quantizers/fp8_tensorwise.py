@@ -56,13 +56,7 @@ class Fp8TensorwiseLinear(Fp8Weights):
                  margin: float = 1.0, fast_accum: bool = True) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown activation-scale mode '{mode}'; choose one of {', '.join(MODES)}")
-        torch.nn.Module.__init__(self)  # Fp8Weights.__init__ would quantize per row first; same fields, one scale
-        self.out_features, self.in_features = weight.shape
-        with torch.no_grad():
-            q, scale = quantize_tensor(weight)
-        self.weight = torch.nn.Parameter(q, requires_grad=False)
-        self.register_buffer("weight_scale", scale)
-        self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
+        super().__init__(weight, bias, scale_shape=(), quantize=quantize_tensor)  # one 0-d weight scale
         self.mode, self.margin, self.fast_accum = mode, float(margin), fast_accum
         if mode == "dynamic":
             self.fastlane_scheme = "fp8_tensorwise_dynamic"

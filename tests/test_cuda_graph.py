@@ -13,26 +13,11 @@ import nodes
 import pytest
 import torch
 
-from tiny_models import sample, sdxl_conditioning, tiny_flux, tiny_sdxl, with_input_block_patch
+from tiny_models import replay_by_recomputing, sample, sdxl_conditioning, tiny_flux, tiny_sdxl, with_input_block_patch
 
 NODE = nodes.NODE_CLASS_MAPPINGS
 ALL = dict(start=0.0, end=1.0)
 logging.getLogger("fastlane").setLevel(logging.INFO)
-
-
-def _tensors(recorded) -> list[torch.Tensor]:
-    out, side = recorded
-    return [out, *(side[k] for k in sorted(side))]
-
-
-def replay_by_recomputing(fn, pool=None):
-    recorded = fn()
-
-    def replay():
-        for old, new in zip(_tensors(recorded), _tensors(fn())):
-            old.copy_(new)
-
-    return replay, recorded
 
 
 def graphed(model, record=replay_by_recomputing):

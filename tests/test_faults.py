@@ -11,7 +11,7 @@ import nodes
 import pytest
 import torch
 
-from tiny_models import sample, sdxl_conditioning, tiny_flux, tiny_sdxl
+from tiny_models import replay_by_recomputing, sample, sdxl_conditioning, tiny_flux, tiny_sdxl
 
 NODE = nodes.NODE_CLASS_MAPPINGS
 ALL = dict(start=0.0, end=1.0)
@@ -174,19 +174,6 @@ def test_compile_oom_that_the_uncompiled_call_hits_too_is_raised_clearly(flux, m
 
 
 # ---- Fastlane CUDA Graph ----------------------------------------------------------------------------------------
-
-
-def replay_by_recomputing(fn, pool=None):  # the stand-in of tests/test_cuda_graph.py
-    recorded = fn()
-
-    def tensors(r):
-        return [r[0], *(r[1][k] for k in sorted(r[1]))]
-
-    def replay():
-        for old, new in zip(tensors(recorded), tensors(fn())):
-            old.copy_(new)
-
-    return replay, recorded
 
 
 def graphed(model, record):
