@@ -18,6 +18,10 @@ copied in per call), and not for calls carrying ComfyUI patches or ControlNet re
 call and would not on a replay); those calls run as they would without this node, and the run's log says why.
 A graph reads the weights where they were when it was recorded: every sampling run checks their addresses, and a
 moved or replaced weight (a LoRA patched in, the model reloaded) drops the graphs, which are recorded again.
+A module that measures something on its first call of a run (its ``calibrating`` attribute True: Fastlane
+``fp8_tensorwise``'s activation scales, re-armed at every run start) needs that call's Python, which a replay would
+skip: the first call of such a run runs unrecorded, and the replays after it read the new values in place (they
+live in buffers the graphs read by address).
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from .call_wrappers import (CUDA_GRAPH_KEY, GRAPH_FN_KEY, RunNotes, install_call
                             wrapper_owner)
 
 KEY = CUDA_GRAPH_KEY
+CALIBRATING_ATTR = "calibrating"  # a module with this attribute True measures something on its next call
 MAX_GRAPHS = 16  # per model; more signatures than this (many sizes in one session) start over
 SAFE_PATCH_FLAG = "fastlane_whole_compile_safe"  # a patch that only hands a tensor out (DeepCache's capture)
 RECORDED_FAMILIES = ("FLUX", "UNet (SDXL/SD1.x)")  # the regional-compile families whose replays were checked on a GPU
@@ -133,6 +138,7 @@ class CudaGraphRecorder:
         self._failed: set[tuple] = set()
         self._weights: int | None = None  # fingerprint of the weights the graphs read
         self._weights_checked = False  # in this sampling run
+        self._calibrate_first = False  # this run's first call must run its Python (a module calibrates on it)
         self._pool = None  # the memory pool this recorder's graphs share; lives as long as one of them does
         self.run: GraphRunStats | None = None
         self.runs: list[GraphRunStats] = []
@@ -260,6 +266,14 @@ class CudaGraphRecorder:
                                   "again")
                 self.reset()
             self._weights, self._weights_checked = fingerprint, True
+            self._calibrate_first = any(getattr(m, CALIBRATING_ATTR, False) is True for m in dm.modules())
+        if self._calibrate_first:
+            self._calibrate_first = False
+            if self.run:
+                self.run.calls += 1
+                self.run.note("the run's first call ran without a CUDA graph: the model calibrates on it "
+                              "(fp8_tensorwise activation scales); later replays read the new scales")
+            return executor(*args, **kwargs)
         if getattr(base, "model_lowvram", False):
             if self.run:
                 self.run.calls += 1

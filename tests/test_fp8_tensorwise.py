@@ -224,3 +224,41 @@ def test_saved_in_comfyui_layout_with_per_tensor_scales_and_loads_back(fp8_on_cp
         assert torch.equal(other.weight.view(torch.uint8), ours.weight.view(torch.uint8)), name
         assert torch.allclose(other.weight_scale, ours.weight_scale, rtol=1e-6, atol=0), name
 
+
+
+def test_under_cuda_graph_each_run_recalibrates_on_a_call_that_runs_its_python(fp8_on_cpu):
+    """A replay skips the module's Python (its calibrating flag): the run's first call must run unrecorded so the
+    scales are measured again; later replays read them from the buffer."""
+    from fastlane.compilers import cuda_graphs
+    from tiny_models import replay_by_recomputing
+
+    model = quantize(tiny_flux())
+    mods = list(tensorwise_modules(model).values())
+
+    def replay_like_a_graph(fn, pool=None):  # a replay runs the recorded kernels: no calibration in it
+        replay, out = replay_by_recomputing(fn, pool)
+
+        def replay_without_python():
+            armed = [m for m in mods if m.calibrating]
+            for m in armed:
+                m.calibrating = False
+            try:
+                replay()
+            finally:
+                for m in armed:
+                    m.calibrating = True
+        return replay_without_python, out
+
+    graphed, recorder = cuda_graphs.attach(model, record=replay_like_a_graph)
+    sample(graphed, steps=STEPS, seed=0)
+    assert recorder.runs[-1].replays > 0
+    other = dict(seed=1, latent=torch.ones(1, 16, 2, 2) * 3, denoise=0.7)
+    b = sample(graphed, steps=STEPS, **other)
+    run = recorder.runs[-1]
+    assert run.replays == run.calls - 1 and any("calibrates" in n for n in run.notes)
+    fresh = quantize(tiny_flux())
+    expected = sample(fresh, steps=STEPS, **other)  # no graph: calibrated on this run's own first call
+    fresh_mods = list(tensorwise_modules(fresh).values())
+    assert all(torch.equal(m.input_scale, f.input_scale) for m, f in zip(mods, fresh_mods))
+    assert not any(m.calibrating for m in mods)
+    assert torch.equal(b, expected)
