@@ -16,21 +16,16 @@ against the uncached run).
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import fidelity as F  # noqa: E402  (loads ComfyUI with the pack)
+from closed_loop import ClosedLoop
 
-import torch  # noqa: E402
+import torch
 
-from fastlane.cachers.adapters import adapter_for  # noqa: E402
-from fastlane.cachers.comfy_hooks import attach  # noqa: E402
-from fastlane.cachers.forecast import ForecastSpec, TaylorForecaster  # noqa: E402
-from fastlane.cachers.policies import TargetSpeedPolicy, Window  # noqa: E402
-from fastlane.cachers.session import StepCache  # noqa: E402
+from fastlane.cachers.forecast import ForecastSpec, TaylorForecaster
+from fastlane.cachers.policies import TargetSpeedPolicy, Window
+from fastlane.cachers.session import StepCache
 
 
 class DampedTaylor(TaylorForecaster):
@@ -121,18 +116,13 @@ def main() -> None:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--granularity", default="blocks", help="blocks, last_block or output (comma list)")
     args = p.parse_args()
-    torch.set_num_threads(1)
-    family = F.FAMILIES[args.family]
-    base = family.module.load_demo_patcher(dtype=torch.float32)
-    cases = [(c, s) for c in family.module.class_names()[: args.classes] for s in range(args.seeds)]
-    reference = {c: F.sample(family, base, *c, 28, 128) for c in cases}
-    print(f"# {args.family}: {args.classes} prompts x {args.seeds} seeds, 28 steps, Target Speed plan")
+    bench = ClosedLoop(args.family, args.classes, args.seeds)
+    print(f"# {bench.title}, Target Speed plan")
     print("| fraction | forecast | PSNR dB | min dB |\n|---:|---|---:|---:|")
     for fraction in map(float, args.fractions.split(",")):
         for name, granularity in [(v, g) for g in args.granularity.split(",") for v in args.variants.split(",")]:
             policy = partial(TargetSpeedPolicy, fraction, Window(), 1, True, 0.0)
-            model = attach(base, StepCache(policy, VARIANTS[name], granularity, name), adapter_for(base))
-            scores = [F.fidelity(F.sample(family, model, *c, 28, 128), reference[c])["psnr_db"] for c in cases]
+            scores = bench.psnr(StepCache(policy, VARIANTS[name], granularity, name))
             print(f"| {fraction:g} | {name} ({granularity}) | {sum(scores) / len(scores):.2f} | {min(scores):.2f} |", flush=True)
 
 

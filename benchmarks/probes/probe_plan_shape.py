@@ -12,19 +12,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from functools import partial
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import fidelity as F  # noqa: E402  (loads ComfyUI with the pack)
+from closed_loop import ClosedLoop
 
-import torch  # noqa: E402
-
-from fastlane.cachers.adapters import adapter_for  # noqa: E402
-from fastlane.cachers.comfy_hooks import attach  # noqa: E402
-from fastlane.cachers.policies import TargetSpeedPolicy, Window  # noqa: E402
-from fastlane.cachers.session import StepCache  # noqa: E402
+from fastlane.cachers.policies import TargetSpeedPolicy, Window
+from fastlane.cachers.session import StepCache
 
 
 def ends_plan(steps: int, budget: int, ends: float) -> set[int]:
@@ -57,18 +50,12 @@ def main() -> None:
     p.add_argument("--fractions", default="0.15,0.2,0.25,0.3,0.35,0.4,0.5")
     p.add_argument("--ends", default="0,0.1,0.2,0.3")
     args = p.parse_args()
-    torch.set_num_threads(1)
-    family = F.FAMILIES[args.family]
-    base = family.module.load_demo_patcher(dtype=torch.float32)
-    cases = [(c, s) for c in family.module.class_names()[: args.classes] for s in range(args.seeds)]
-    reference = {c: F.sample(family, base, *c, 28, 128) for c in cases}
-    print(f"# {args.family}: {args.classes} prompts x {args.seeds} seeds, 28 steps, Taylor order 2 on blocks")
+    bench = ClosedLoop(args.family, args.classes, args.seeds)
+    print(f"# {bench.title}, Taylor order 2 on blocks")
     print("| fraction | ends | plan | PSNR dB |\n|---:|---:|---|---:|")
     for fraction in map(float, args.fractions.split(",")):
         for ends in map(float, args.ends.split(",")):
-            cache = StepCache(partial(EndsPlan, fraction, ends), 2, "blocks", f"ends {ends:g}")
-            model = attach(base, cache, adapter_for(base))
-            scores = [F.fidelity(F.sample(family, model, *c, 28, 128), reference[c])["psnr_db"] for c in cases]
+            scores = bench.psnr(StepCache(partial(EndsPlan, fraction, ends), 2, "blocks", f"ends {ends:g}"))
             plan = sorted(ends_plan(28, round(fraction * 28), ends))
             print(f"| {fraction:g} | {ends:g} | {plan} | {sum(scores) / len(scores):.2f} |", flush=True)
 
