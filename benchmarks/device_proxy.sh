@@ -8,8 +8,11 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-$PWD/out/device}
 mkdir -p "$OUT"
 say() { echo "[$(date -u +%H:%M:%S)] $*"; }
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .devcarry/whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD/.devcarry/ComfyUI COMFYUI_PATH=$PWD/.devcarry/ComfyUI
+# shellcheck source=benchmarks/device_setup.sh
+source "$(dirname "${BASH_SOURCE[0]}")/device_setup.sh"
+device_setup
+[ -n "${CARRIED_COMFYUI:-}" ] || exit 1
+export COMFYUI_PATH=$CARRIED_COMFYUI
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 for stage in "$@"; do
   say "stage $stage"

@@ -40,7 +40,7 @@ say "device_soak.sh: pack root $PWD, OUT $OUT, total ${TOTAL}s"
 # shellcheck source=benchmarks/device_setup.sh
 source "$(dirname "${BASH_SOURCE[0]}")/device_setup.sh"
 device_setup
-export COMFYUI_PATH=$PWD/.devcarry/ComfyUI FASTLANE_PYTHON=python3
+export COMFYUI_PATH=${CARRIED_COMFYUI:-$PWD/.devcarry/ComfyUI} FASTLANE_PYTHON=python3
 # the server's own web stack (the benchmarks never needed it): from .devcarry/soak_whl only where the image lacks it
 if ! python3 -c "import aiohttp, yarl" 2>/dev/null; then
   if ls .devcarry/soak_whl/*.whl >/dev/null 2>&1; then
