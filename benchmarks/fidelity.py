@@ -11,9 +11,15 @@ prints the table).
   fraction = full UNet passes (middle-block calls) / those of the uncached run, and "blocks run" = all UNet block
   calls (input, middle, output) / those of the uncached run, which shows the shallow blocks a DeepCache step still
   runs. Outputs are named fidelity_sdxl.json / fidelity_sdxl_table.md.
+- ``--family qwen-image`` / ``--family z-image``: the Qwen-Image- and Z-Image-class demo models (demo/qwen.py,
+  demo/zimage.py; issue 19), euler/simple, 28 steps (Qwen-Image: cfg 2.5 against the 'none' class; Z-Image: cfg 1;
+  ``--steps 8`` for Z-Image Turbo's step count); the grid of ``dit_grid``; computed fraction = main transformer
+  block calls / those of the uncached run; for Z-Image "blocks run" also counts the two refiner stacks, which run on
+  every step. Outputs: fidelity_qwen-image*, fidelity_z-image* (a non-default step count is in the name: _8steps).
 
     .venv/bin/python benchmarks/fidelity.py --out docs/fidelity                   # FLUX grid (minutes on 2 cores)
     .venv/bin/python benchmarks/fidelity.py --family sdxl --out docs/fidelity     # SDXL grid
+    .venv/bin/python benchmarks/fidelity.py --family z-image --steps 8 --out docs/fidelity
     .venv/bin/python benchmarks/fidelity.py --quick                               # a handful of rows
 """
 from __future__ import annotations
@@ -42,7 +48,7 @@ import torch  # noqa: E402
 
 import comfy.sample  # noqa: E402
 import nodes  # noqa: E402
-from fastlane.demo import codec, model as demo, proxy, sdxl  # noqa: E402
+from fastlane.demo import codec, model as demo, proxy, qwen, sdxl, zimage  # noqa: E402
 from fastlane.measure.report import fidelity  # noqa: E402
 
 NODE = nodes.NODE_CLASS_MAPPINGS
@@ -107,6 +113,36 @@ def sdxl_grid(quick: bool) -> list[tuple[str, callable]]:
         keep = ("no cache", "DeepCache interval 3 branch 0", "FORA interval 2 (output)",
                 "TaylorSeer defaults: interval 3 order 2 (deep)", "Target 0.4 order 2 (deep, default order)",
                 "core EasyCache (defaults)")
+        rows = [r for r in rows if r[0] in keep]
+    return rows
+
+
+def dit_grid(quick: bool, granularity: str = "blocks") -> list[tuple[str, callable]]:
+    """The Qwen-Image / Z-Image settings (issue 19): compute-every-step controls (must be identical to no cache),
+    Target Speed orders 0-2 at 0.2/0.3/0.4/0.5 on the family's block granularity and on ``last_block``, the Spectrum node
+    at its defaults, and core EasyCache at its defaults and threshold 0.1 (each also with its input copied: see
+    ``easycache_input_copied``)."""
+    rows = [("no cache", lambda m: m),
+            (f"FORA interval 1 ({granularity}, computes every step)", lambda m: NODE["FastlaneFORA"].execute(
+                model=m, interval=1, granularity=granularity, **ALL).result[0]),
+            (f"Target 1.0 order 2 ({granularity}, computes every step)", lambda m: NODE[
+                "FastlaneTargetSpeedCache"].execute(model=m, compute_fraction=1.0, order=2, granularity=granularity,
+                                                    **ALL).result[0])]
+    for g in (granularity, "last_block"):
+        for f in (0.5, 0.4, 0.3, 0.2):  # (0.4: at 8 steps 0.3 and 0.2 both round to 2 computed steps, 0.4 to 3)
+            for order in (0, 1, 2):
+                rows.append((f"Target {f} order {order} ({g})", lambda m, f=f, o=order, g=g: NODE[
+                    "FastlaneTargetSpeedCache"].execute(model=m, compute_fraction=f, order=o, granularity=g,
+                                                        **ALL).result[0]))
+    for f in (0.3, 0.2):
+        rows.append((f"Spectrum {f} (node defaults)", lambda m, f=f: spectrum_node(m, f, "auto", **SPECTRUM_TUNED)))
+    for label, t in (("defaults", 0.2), ("threshold 0.1", 0.1)):
+        rows.append((f"core EasyCache ({label})", lambda m, t=t: NODE["EasyCache"].execute(
+            model=m, reuse_threshold=t, start_percent=0.15, end_percent=0.95, verbose=False).result[0]))
+        rows.append((f"core EasyCache ({label}), input copied (probe)", lambda m, t=t: easycache_input_copied(m, t)))
+    if quick:
+        keep = ("no cache", f"Target 1.0 order 2 ({granularity}, computes every step)",
+                f"Target 0.3 order 2 ({granularity})", "Spectrum 0.3 (node defaults)", "core EasyCache (defaults)")
         rows = [r for r in rows if r[0] in keep]
     return rows
 
@@ -275,6 +311,11 @@ def _unet_blocks(unet) -> list[torch.nn.Module]:
     return [b[0] for b in (*unet.input_blocks, unet.middle_block, *unet.output_blocks)]
 
 
+def _nextdit_blocks(nextdit) -> list[torch.nn.Module]:
+    """Every transformer block of a NextDiT: both refiner stacks (run on every step) and the main ``layers``."""
+    return [*nextdit.context_refiner, *nextdit.noise_refiner, *nextdit.layers]
+
+
 FAMILIES = {
     "flux": Family(demo, flux_grid, 28, 1.0, "simple", 16, "fidelity",
                    "Fastlane demo FLUX-class model (demo/weights, trained by scripts/train_demo.py)",
@@ -290,23 +331,35 @@ FAMILIES = {
                    "scripts/train_demo.py --family sdxl)",
                    "euler/normal, {steps} steps, {size}x{size}, cfg {cfg} (negative: the 'none' class)",
                    lambda unet: [unet.middle_block[0]], _unet_blocks, "deep"),
+    "qwen-image": Family(qwen, dit_grid, 28, qwen.DEFAULT_CFG, "simple", 16, "fidelity_qwen-image",
+                         "Fastlane demo Qwen-Image-class model (demo/weights/fastlane-demo-qwen-image.safetensors, "
+                         "trained by scripts/train_demo.py --family qwen-image)",
+                         "euler/simple, {steps} steps, {size}x{size}, cfg {cfg} (negative: the 'none' class)",
+                         lambda qwen_image: list(qwen_image.transformer_blocks)),
+    "z-image": Family(zimage, dit_grid, 28, zimage.DEFAULT_CFG, "simple", 16, "fidelity_z-image",
+                      "Fastlane demo Z-Image-class model (demo/weights/fastlane-demo-z-image.safetensors, trained by "
+                      "scripts/train_demo.py --family z-image)",
+                      "euler/simple, {steps} steps, {size}x{size}, cfg {cfg}",
+                      lambda nextdit: list(nextdit.layers), _nextdit_blocks),
 }
 
 
 def sample(family: Family, model, class_name: str, seed: int, steps: int, size: int) -> torch.Tensor:
-    latent = torch.zeros(1, family.channels, size // 8, size // 8)
+    # as KSampler does: an empty latent gets the model's latent shape (Qwen-Image: a time axis, B, C, 1, H, W)
+    latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros(1, family.channels, size // 8, size // 8))
     noise = comfy.sample.prepare_noise(latent, seed)
     positive = family.module.conditioning(class_name)
     negative = family.module.conditioning(family.module.UNCONDITIONAL)
     out = comfy.sample.sample(model, noise, steps, family.cfg, "euler", family.scheduler, positive, negative, latent,
                               seed=seed, disable_pbar=True)
-    return codec.decode(out, family.module.WEIGHTS)
+    return codec.decode(out.squeeze(2) if out.ndim == 5 else out, family.module.WEIGHTS)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=list(FAMILIES), default="flux")
-    parser.add_argument("--steps", type=int, default=None, help="default: flux 28, sdxl 30")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="default: flux 28, sdxl 30, qwen-image 28, z-image 28 (Z-Image Turbo: 8)")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--classes", type=int, default=4)
@@ -322,6 +375,7 @@ def main() -> None:
         written = json.loads(args.plot_from.read_text())
         return plot_duel(written["rows"], written["meta"], args.plot_from.with_suffix(".png"))
     family = FAMILIES[args.family]
+    default_steps = family.steps
     args.steps = args.steps or family.steps
     grid = family.grid(args.quick) if args.grid == "default" else duel_grid(args.quick, family.block_granularity)
     if args.only:
@@ -367,7 +421,8 @@ def main() -> None:
     table = markdown_table(results, with_blocks=blocks is not None)
     print(table)
     if args.out:
-        stem = family.stem + ("_duel" if args.grid == "duel" else "")
+        stem = family.stem + ("_duel" if args.grid == "duel" else "") + (
+            f"_{args.steps}steps" if args.steps != default_steps and args.family in ("qwen-image", "z-image") else "")
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=1))
         (args.out / f"{stem}_table.md").write_text(
