@@ -387,11 +387,12 @@ def _files_text(*files: tuple[str, str]) -> str:
     return "Model files (ComfyUI's folders): " + ", ".join(f"`models/{d}/{f}`" for d, f in files) + "."
 
 
-def _fastest_chain(fraction: float) -> Callable:
-    """Quantize fp8_scaled_mm → Target Speed (``compute_fraction``, Taylor order 2: it beat the Spectrum Cache from
-    0.2 computed up on both FLUX-class proxies, docs/FIDELITY.md) → Compile regional."""
+def _fastest_chain(fraction: float, order: int = 2) -> Callable:
+    """Quantize fp8_scaled_mm → Target Speed (``compute_fraction``, Taylor ``order``: 2 beat the Spectrum Cache from
+    0.2 computed up on both FLUX-class proxies; the Qwen-Image demo model is closer at 1, docs/FIDELITY.md) →
+    Compile regional."""
     return _chain(("FastlaneQuantize", QUANTIZE),
-                  ("FastlaneTargetSpeedCache", {"compute_fraction": fraction, "order": 2}),
+                  ("FastlaneTargetSpeedCache", {"compute_fraction": fraction, "order": order}),
                   ("FastlaneCompile", COMPILE))
 
 
@@ -410,6 +411,7 @@ class ImageFamily:
     sampler: dict  # KSampler widgets
     negative: str | None  # None: ConditioningZeroOut of the prompt (a distilled model at CFG 1)
     fraction: float  # Target Speed compute_fraction
+    order: int  # Target Speed's Taylor order: the closer one on the family's demo model (docs/FIDELITY.md)
     about: str
 
     def files_text(self) -> str:
@@ -420,15 +422,16 @@ QWEN_IMAGE = ImageFamily(
     "qwen-image", "Qwen-Image", "qwen_image_fp8_e4m3fn.safetensors", "qwen_2.5_vl_7b_fp8_scaled.safetensors",
     "qwen_image", "qwen_image_vae.safetensors", 3.5, 1328,
     dict(seed=42, steps=20, cfg=4.0, sampler_name="euler", scheduler="simple", denoise=1.0),
-    "low quality, blurry, bad anatomy, extra digits, missing limbs", 0.35,
+    "low quality, blurry, bad anatomy, extra digits, missing limbs", 0.35, 1,
     "1328², 20 steps, CFG 4, shift 3.5, as ComfyUI's Qwen-Image template. Quantize's few_row_linears `auto` stores "
     "the modulation weights (`img_mod`/`txt_mod`: a third of Qwen-Image's 20 B parameters) in fp8 too; their "
-    "inputs stay 16-bit. Target Speed 0.35: the model runs on 7 of 20 steps. Compile regional: one block graph.")
+    "inputs stay 16-bit. Target Speed 0.35: the model runs on 7 of 20 steps; Taylor order 1, which kept the Qwen-Image demo model "
+    "3 dB closer than order 2 at 0.3-0.4 computed. Compile regional: one block graph.")
 Z_IMAGE = ImageFamily(
     "z-image", "Z-Image Turbo", "z_image_turbo_bf16.safetensors", "qwen_3_4b.safetensors", "lumina2",
     "ae.safetensors", 3.0, 1024,
     dict(seed=42, steps=8, cfg=1.0, sampler_name="res_multistep", scheduler="simple", denoise=1.0),
-    None, 0.4,
+    None, 0.4, 2,
     "1024², 8 steps of res_multistep at CFG 1, shift 3, as ComfyUI's Z-Image Turbo template. Target Speed 0.4: "
     "the model runs on 3 of the 8 steps (the turbo model leaves few steps to skip: check the image in the compare "
     "workflow). Compile regional: two block graphs (refiner and main blocks); the modulation Linears stay 16-bit.")
@@ -459,9 +462,9 @@ def _image_family(family: ImageFamily, accelerate: Callable, title: str, note: s
 
 
 def _image_fastest(family: ImageFamily) -> Workflow:
-    return _image_family(family, _fastest_chain(family.fraction), f"{family.title} fastest",
+    return _image_family(family, _fastest_chain(family.fraction, family.order), f"{family.title} fastest",
                          f"## {family.title}, fastest\n\n**Quantize fp8_scaled_mm** (an Ada, Hopper or Blackwell "
-                         f"GPU) → **Target Speed Cache {family.fraction}** (order 2) → **Compile** regional (compiled on the first "
+                         f"GPU) → **Target Speed Cache {family.fraction}** (order {family.order}) → **Compile** regional (compiled on the first "
                          f"run; queue again for the warm speed).\n\n{family.about}\n\n{family.files_text()}\n\n"
                          f"{UNMEASURED}", f"fastlane-{family.key}-fastest")
 
