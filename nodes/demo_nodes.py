@@ -6,7 +6,8 @@ what Fastlane's tests, examples and fidelity measurements use when no real check
 latents (EmptySD3LatentImage), cfg 1 with embedded guidance. SDXL: 4-channel latents (EmptyLatentImage), cfg ~5 with
 the 'none' subject as the negative, euler/normal. FLUX proxy ('flux-proxy'): the larger FLUX-class model trained on
 procedural scenes with compositional prompts (demo/proxy.py); it takes free text over its vocabulary and draws a
-recognisable scene, so it is the one the demo workflow shows a newcomer.
+recognisable scene, so it is the one the demo workflow shows a newcomer. Qwen-Image ('qwen-image') and Z-Image
+('z-image'): small models of those ComfyUI classes trained on the same photos as 'flux' (demo/qwen.py, demo/zimage.py).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Callable
 import torch
 from comfy_api.latest import io
 
-from ..demo import codec, model, proxy, scenes, sdxl
+from ..demo import codec, model, proxy, qwen, scenes, sdxl, zimage
 
 CATEGORY = "fastlane/demo"
 
@@ -59,6 +60,21 @@ FAMILIES: dict[str, DemoFamily] = {
         encode=lambda images: codec.encode(images, sdxl.WEIGHTS),
         decode=lambda latent: codec.decode(latent, sdxl.WEIGHTS),
     ),
+    "qwen-image": DemoFamily(
+        load=qwen.load_demo_patcher,
+        class_names=lambda: qwen.class_names(include_unconditional=True),
+        conditioning=qwen.conditioning,
+        # Qwen-Image's latents carry a time axis, (B, 16, 1, H/8, W/8), as its real VAE's do
+        encode=lambda images: codec.encode(images, qwen.WEIGHTS).unsqueeze(2),
+        decode=lambda latent: codec.decode(latent.squeeze(2) if latent.ndim == 5 else latent, qwen.WEIGHTS),
+    ),
+    "z-image": DemoFamily(
+        load=zimage.load_demo_patcher,
+        class_names=lambda: zimage.class_names(include_unconditional=True),
+        conditioning=zimage.conditioning,
+        encode=lambda images: codec.encode(images, zimage.WEIGHTS),
+        decode=lambda latent: codec.decode(latent, zimage.WEIGHTS),
+    ),
     "flux-proxy": DemoFamily(
         load=proxy.load_demo_patcher,
         class_names=lambda: proxy.class_names(include_unconditional=True),
@@ -76,7 +92,9 @@ def _family_input() -> io.Combo.Input:
                                   "UNet (4-channel latents: EmptyLatentImage, cfg ~5 with 'none' as the negative, "
                                   "euler/normal); 'flux-proxy' is a larger FLUX-class model trained on procedural "
                                   "scenes (free-text prompts over its vocabulary, cfg 1: it draws the scene you "
-                                  "describe). Use the same family on every demo node of a graph.")
+                                  "describe); 'qwen-image' and 'z-image' are small models of ComfyUI's Qwen-Image "
+                                  "and Z-Image classes (EmptySD3LatentImage; Qwen-Image cfg 2.5 with 'none' as the "
+                                  "negative, Z-Image cfg 1). Use the same family on every demo node of a graph.")
 
 
 def _subjects() -> list[str]:

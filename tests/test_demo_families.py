@@ -130,3 +130,33 @@ def test_target_runs_fewer_blocks(name, granularity, demos, patchers, references
     computed = round(0.3 * STEPS)
     assert calls == computed * per_step < reference_calls  # only the planned steps ran the blocks
     assert torch.isfinite(out).all() and not torch.equal(out, reference)  # the others were forecast
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_demo_nodes_draw_it_in_a_core_ksampler_graph(name, demos, graph):
+    """FastlaneDemoModelLoader -> FastlaneDemoPrompt -> EmptySD3LatentImage -> core KSampler -> FastlaneDemoDecode, as
+    a user builds it, draws the subject; FastlaneDemoEncode gives latents in the model's own shape (img2img)."""
+    import fastlane.demo.data
+
+    demo = demos[name]
+    prompt = {
+        "loader": {"class_type": "FastlaneDemoModelLoader", "inputs": {"family": name}},
+        "positive": {"class_type": "FastlaneDemoPrompt", "inputs": {"family": name, "subject": SUBJECT}},
+        "negative": {"class_type": "FastlaneDemoPrompt", "inputs": {"family": name, "subject": "none"}},
+        "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
+        "sample": {"class_type": "KSampler", "inputs": {
+            "model": ["loader", 0], "positive": ["positive", 0], "negative": ["negative", 0],
+            "latent_image": ["latent", 0], "seed": SEED, "steps": STEPS, "cfg": demo.cfg, "sampler_name": "euler",
+            "scheduler": "simple", "denoise": 1.0}},
+        "decode": {"class_type": "FastlaneDemoDecode", "inputs": {"family": name, "samples": ["sample", 0]}},
+        "preview": {"class_type": "PreviewImage", "inputs": {"images": ["decode", 0]}},
+    }
+    outputs = graph.run(prompt)["outputs"]
+    image = outputs["decode"][0]
+    latent = NODE["FastlaneDemoEncode"].execute(family=name, pixels=image).result[0]["samples"]
+    names = demo.module.class_names()
+    refs = torch.cat([fastlane.demo.data.reference_image(n, SIZE) for n in names])
+    mse = ((image - refs) ** 2).mean(dim=(1, 2, 3))
+    assert names[int(mse.argmin())] == SUBJECT, f"{name}: sample nearest {names[int(mse.argmin())]}, MSE {mse}"
+    expected = (1, 16, 1, SIZE // 8, SIZE // 8) if name == "qwen-image" else (1, 16, SIZE // 8, SIZE // 8)
+    assert tuple(latent.shape) == expected
