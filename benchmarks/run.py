@@ -672,9 +672,22 @@ def environment(device, comfy_info: dict[str, Any]) -> dict[str, Any]:
         env["comfy_attention"] = attn.optimized_attention.__name__
         env["comfy_vram_state"] = mm.vram_state.name
     with contextlib.suppress(Exception):
-        env["pack_commit"] = subprocess.run(["git", "-C", str(PACK_DIR), "rev-parse", "--short", "HEAD"],
-                                            capture_output=True, text=True, timeout=5).stdout.strip() or None
+        env["pack_commit"] = pack_commit()
     return env
+
+
+def pack_commit() -> str | None:
+    """The pack's git commit, marked "+changes" when tracked files differ from it: the device tool lays a copy of
+    the working tree over a checkout of an older commit, so HEAD alone names code that did not run there."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(PACK_DIR), *args], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD")
+    if not head:
+        return None
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    return f"{head}+changes ({len(changed.splitlines())} files differ)" if changed else head
 
 
 def _fmt(x: Any, nd: int = 1) -> str:
