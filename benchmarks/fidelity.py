@@ -16,6 +16,10 @@ prints the table).
   ``--steps 8`` for Z-Image Turbo's step count); the grid of ``dit_grid``; computed fraction = main transformer
   block calls / those of the uncached run; for Z-Image "blocks run" also counts the two refiner stacks, which run on
   every step. Outputs: fidelity_qwen-image*, fidelity_z-image* (a non-default step count is in the name: _8steps).
+- ``--family wan``: the Wan 2.1 T2V-class demo model (demo/wan.py), a text-to-video model sampled as trained: 3 latent
+  frames (``EmptyHunyuanLatentVideo`` length 9) of a panning clip, euler/simple, 28 steps, cfg 4 against 'none';
+  ``dit_grid``; every latent frame is decoded and the whole clip compared (PSNR/SSIM averaged over the frames).
+  Outputs: fidelity_wan*.
 
     .venv/bin/python benchmarks/fidelity.py --out docs/fidelity                   # FLUX grid (minutes on 2 cores)
     .venv/bin/python benchmarks/fidelity.py --family sdxl --out docs/fidelity     # SDXL grid
@@ -48,7 +52,7 @@ import torch  # noqa: E402
 
 import comfy.sample  # noqa: E402
 import nodes  # noqa: E402
-from fastlane.demo import codec, model as demo, proxy, qwen, sdxl, zimage  # noqa: E402
+from fastlane.demo import codec, model as demo, proxy, qwen, sdxl, wan, zimage  # noqa: E402
 from fastlane.measure.report import fidelity  # noqa: E402
 
 NODE = nodes.NODE_CLASS_MAPPINGS
@@ -118,7 +122,7 @@ def sdxl_grid(quick: bool) -> list[tuple[str, callable]]:
 
 
 def dit_grid(quick: bool, granularity: str = "blocks") -> list[tuple[str, callable]]:
-    """The Qwen-Image / Z-Image settings (issue 19): compute-every-step controls (must be identical to no cache),
+    """The Qwen-Image / Z-Image / Wan settings (issue 19): compute-every-step controls (must be identical to no cache),
     Target Speed orders 0-2 at 0.2/0.3/0.4/0.5 on the family's block granularity and on ``last_block``, the Spectrum node
     at its defaults, and core EasyCache at its defaults and threshold 0.1 (each also with its input copied: see
     ``easycache_input_copied``)."""
@@ -303,6 +307,7 @@ class Family:
     counted: Callable[[Any], list]  # diffusion model -> modules a full computation calls once per model call
     blocks: Callable[[Any], list] | None = None  # diffusion model -> every block (for the "blocks run" column)
     block_granularity: str = "blocks"  # the cachers' block-level granularity for this family (the duel uses it)
+    frames: int = 0  # > 0: a video model, sampled and compared as clips of this many latent frames (Wan)
 
 
 def _unet_blocks(unet) -> list[torch.nn.Module]:
@@ -341,17 +346,31 @@ FAMILIES = {
                       "scripts/train_demo.py --family z-image)",
                       "euler/simple, {steps} steps, {size}x{size}, cfg {cfg}",
                       lambda nextdit: list(nextdit.layers), _nextdit_blocks),
+    "wan": Family(wan, dit_grid, 28, wan.DEFAULT_CFG, "simple", 16, "fidelity_wan",
+                  "Fastlane demo Wan 2.1 T2V-class model (demo/weights/fastlane-demo-wan.safetensors, panning clips, "
+                  "trained by scripts/train_demo.py --family wan)",
+                  f"euler/simple, {{steps}} steps, {{size}}x{{size}}, {wan.FRAMES} latent frames"
+                  f" (EmptyHunyuanLatentVideo length {wan.LENGTH}), cfg {{cfg}} (negative: the 'none' class);"
+                  " PSNR/SSIM over every decoded frame",
+                  lambda wan_model: list(wan_model.blocks), frames=wan.FRAMES),
 }
 
 
 def sample(family: Family, model, class_name: str, seed: int, steps: int, size: int) -> torch.Tensor:
+    """One sampled image, or for a video family every decoded frame of the clip: (frames, size, size, 3)."""
+    if family.frames:  # Wan: EmptyHunyuanLatentVideo's (1, 16, T, H/8, W/8); decoded frame by frame
+        latent = torch.zeros(1, family.channels, family.frames, size // 8, size // 8)
+    else:
+        latent = torch.zeros(1, family.channels, size // 8, size // 8)
     # as KSampler does: an empty latent gets the model's latent shape (Qwen-Image: a time axis, B, C, 1, H, W)
-    latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros(1, family.channels, size // 8, size // 8))
+    latent = comfy.sample.fix_empty_latent_channels(model, latent)
     noise = comfy.sample.prepare_noise(latent, seed)
     positive = family.module.conditioning(class_name)
     negative = family.module.conditioning(family.module.UNCONDITIONAL)
     out = comfy.sample.sample(model, noise, steps, family.cfg, "euler", family.scheduler, positive, negative, latent,
                               seed=seed, disable_pbar=True)
+    if family.frames:
+        return family.module.decode(out)
     return codec.decode(out.squeeze(2) if out.ndim == 5 else out, family.module.WEIGHTS)
 
 
@@ -359,7 +378,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=list(FAMILIES), default="flux")
     parser.add_argument("--steps", type=int, default=None,
-                        help="default: flux 28, sdxl 30, qwen-image 28, z-image 28 (Z-Image Turbo: 8)")
+                        help="default: flux 28, sdxl 30, qwen-image 28, z-image 28 (Z-Image Turbo: 8), wan 28")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--classes", type=int, default=4)
@@ -422,7 +441,8 @@ def main() -> None:
     print(table)
     if args.out:
         stem = family.stem + ("_duel" if args.grid == "duel" else "") + (
-            f"_{args.steps}steps" if args.steps != default_steps and args.family in ("qwen-image", "z-image") else "")
+            f"_{args.steps}steps" if args.steps != default_steps and args.family in ("qwen-image", "z-image", "wan")
+            else "")
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=1))
         (args.out / f"{stem}_table.md").write_text(

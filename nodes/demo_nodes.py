@@ -8,6 +8,9 @@ the 'none' subject as the negative, euler/normal. FLUX proxy ('flux-proxy'): the
 procedural scenes with compositional prompts (demo/proxy.py); it takes free text over its vocabulary and draws a
 recognisable scene, so it is the one the demo workflow shows a newcomer. Qwen-Image ('qwen-image') and Z-Image
 ('z-image'): small models of those ComfyUI classes trained on the same photos as 'flux' (demo/qwen.py, demo/zimage.py).
+Wan 2.1 ('wan'): a small text-to-video model of ComfyUI's WAN21_T2V class trained on panning clips of those photos
+(demo/wan.py): EmptyHunyuanLatentVideo at length 9 (3 latent frames); its decode gives the clip's frames as an IMAGE
+batch, as ComfyUI passes video.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from typing import Callable
 import torch
 from comfy_api.latest import io
 
-from ..demo import codec, model, proxy, qwen, scenes, sdxl, zimage
+from ..demo import codec, model, proxy, qwen, scenes, sdxl, wan, zimage
 
 CATEGORY = "fastlane/demo"
 
@@ -75,6 +78,14 @@ FAMILIES: dict[str, DemoFamily] = {
         encode=lambda images: codec.encode(images, zimage.WEIGHTS),
         decode=lambda latent: codec.decode(latent, zimage.WEIGHTS),
     ),
+    "wan": DemoFamily(
+        load=wan.load_demo_patcher,
+        class_names=lambda: wan.class_names(include_unconditional=True),
+        conditioning=wan.conditioning,
+        # video: an IMAGE batch of frames is one clip, (1, 16, frames, H/8, W/8); decode gives every clip's frames
+        encode=wan.encode,
+        decode=wan.decode,
+    ),
     "flux-proxy": DemoFamily(
         load=proxy.load_demo_patcher,
         class_names=lambda: proxy.class_names(include_unconditional=True),
@@ -94,7 +105,10 @@ def _family_input() -> io.Combo.Input:
                                   "scenes (free-text prompts over its vocabulary, cfg 1: it draws the scene you "
                                   "describe); 'qwen-image' and 'z-image' are small models of ComfyUI's Qwen-Image "
                                   "and Z-Image classes (EmptySD3LatentImage; Qwen-Image cfg 2.5 with 'none' as the "
-                                  "negative, Z-Image cfg 1). Use the same family on every demo node of a graph.")
+                                  "negative, Z-Image cfg 1); 'wan' is a small text-to-video model of ComfyUI's Wan "
+                                  "2.1 class trained on panning clips (EmptyHunyuanLatentVideo, length 9: 3 latent "
+                                  "frames; cfg 4 with 'none' as the negative; decodes to the clip's frames). Use the "
+                                  "same family on every demo node of a graph.")
 
 
 def _subjects() -> list[str]:

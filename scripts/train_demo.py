@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train an embedded demo model (demo/weights/fastlane-demo-{flux,sdxl,qwen-image,z-image}.safetensors) on the CPU,
+"""Train an embedded demo model (demo/weights/fastlane-demo-{flux,sdxl,qwen-image,z-image,wan}.safetensors) on the CPU,
 deterministically, or the proxy FLUX model (demo/weights/fastlane-proxy-flux.safetensors), seed-fixed, on a GPU.
 
 What it trains, on a few RGB sample images bundled with scikit-image (one class each, mild random crops as
@@ -26,6 +26,15 @@ ComfyUI's samplers follow. A 10% condition dropout trains an unconditional class
   (zeroed modulations and output projection). Qwen-Image's latents are 5-dim with the ``Wan21`` per-channel latent
   format, which ``fold_latent_format`` folds into the codec. Stored in fp16; the preview (euler/simple, 20 steps;
   Qwen-Image cfg 2.5 against 'none', Z-Image cfg 1) is recorded in the file's metadata.
+- ``--family wan`` (issue 19): the small text-to-video ``comfy.supported_models.WAN21_T2V`` of ``demo/wan.py``
+  (``WanModel``, dim 128, 3 blocks, 0.83M parameters, 1.7 MB in fp16), trained on panning clips: per class the
+  reference clip and ``--crops`` random ones, each 3 latent frames of square crops moving 8 pixels right per frame
+  (``demo/wan.training_clips``), every frame encoded by the codec into ``(B, 16, 3, H/8, W/8)`` video latents with
+  the ``Wan21`` format folded in. ``flow_loss`` through ModelSamplingDiscreteFlow (shift 8, multiplier 1000: the
+  timestep is scaled by it) with *uniform* timesteps (see ``flow_loss``), context tokens only; ``init_dit`` zeroes
+  every ``modulation``, the time projection and the head's output. The preview samples 3-frame clips (20 steps, cfg
+  ``demo/wan.DEFAULT_CFG`` against 'none') and compares whole clips with each class's reference clip; its PNG shows
+  the first and the last frame of each clip.
 
 - ``--family flux-proxy``: the proxy FLUX model of ``demo/proxy.py`` (ComfyUI's ``Flux`` at hidden 192, 3 double +
   6 single blocks, 7.7M parameters, bfloat16 weights, 15.5 MB), on which step-caching defaults are chosen. Trained
@@ -47,7 +56,8 @@ ComfyUI's samplers follow. A 10% condition dropout trains an unconditional class
           --family flux-proxy --device cuda --max-seconds 480
   A short CPU check: ``--family flux-proxy --steps 30 --batch 8 --bank 256 --out /tmp/p.safetensors``.
 
-Usage:  .venv/bin/python scripts/train_demo.py --family flux|sdxl|qwen-image|z-image|flux-proxy [--steps N] [--out PATH]
+Usage:  .venv/bin/python scripts/train_demo.py --family flux|sdxl|qwen-image|z-image|wan|flux-proxy [--steps N]
+        [--out PATH]
 The committed weights came from (CPU of this workplace, 2 cores; times are wall clock on a shared machine):
     flux:  scripts/train_demo.py --family flux --steps 1200 --batch 16   (930 s of training, final avg loss 0.331,
            as the file's metadata records; its thread count was not recorded, --threads defaults to 1)
@@ -60,6 +70,9 @@ The committed weights came from (CPU of this workplace, 2 cores; times are wall 
     z-image: scripts/train_demo.py --family z-image --steps 2500 --batch 16 --threads 1   (2026-12-07:
            997 s of training, 399 ms/step; final avg loss 0.2515; preview (20 steps, cfg 1) 16/16 samples nearest
            their own class, mean PSNR to it 18.86 dB; recorded in the file's metadata; 9.6 MB)
+    wan:   scripts/train_demo.py --family wan --steps 3000 --batch 16 --threads 1   (2026-12-07: 703 s of training,
+           234 ms/step; final avg loss 0.3921; preview (20 steps, cfg 4, whole 3-frame clips) 16/16 samples nearest
+           their own class's reference clip, mean PSNR to it 14.43 dB; recorded in the file's metadata; 1.7 MB)
 (--threads 1: on this shared 2-core machine, 2 threads ran at 1.2-3.5 s/step whenever other work ran beside them.)
 Same command, same torch build and thread count: same weights (seeded generators, deterministic algorithms).
 ComfyUI is found through $COMFYUI_PATH or .fastlane-env (written by scripts/setup.sh). Needs no network and no GPU
@@ -108,6 +121,7 @@ def import_comfy_and_demo(cpu: bool = True):
     import fastlane_demo.qwen
     import fastlane_demo.scenes
     import fastlane_demo.sdxl
+    import fastlane_demo.wan
     import fastlane_demo.weights_file
     import fastlane_demo.zimage
 
@@ -169,12 +183,16 @@ def init_unet(unet) -> None:
 DIT_ZEROED = {
     "qwen-image": ("img_mod.", "txt_mod.", "norm_out.linear.", "proj_out."),
     "z-image": ("adaLN_modulation.", "final_layer.linear."),
+    # Wan: every block's and the head's learned ``modulation`` and the shared time projection (so the gates start at
+    # zero), and the head's output projection (the original Wan init zeroes ``head.head`` too)
+    "wan": ("modulation", "time_projection.1.", "head.head."),
 }
 
 
 def init_dit(diffusion_model, zeroed: tuple[str, ...]) -> None:
-    """DiT-style init of a Qwen-Image or NextDiT transformer (ComfyUI's ops leave weights uninitialised): Xavier
-    linears with zero biases, unit norm scales, small learned pad tokens, and the ``zeroed`` parameters at zero."""
+    """DiT-style init of a Qwen-Image, NextDiT or Wan transformer (ComfyUI's ops leave weights uninitialised): Xavier
+    linears with zero biases, Xavier patch-embedding convs over their flattened kernel (Wan's ``Conv3d``, as the
+    original Wan code does), unit norm scales, small learned pad tokens, and the ``zeroed`` parameters at zero."""
     import torch
 
     with torch.no_grad():
@@ -183,6 +201,10 @@ def init_dit(diffusion_model, zeroed: tuple[str, ...]) -> None:
         for module in diffusion_model.modules():
             if isinstance(module, torch.nn.Linear):
                 torch.nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    torch.nn.init.zeros_(module.bias)
+            elif isinstance(module, (torch.nn.Conv2d, torch.nn.Conv3d)):
+                torch.nn.init.xavier_uniform_(module.weight.flatten(1))
                 if module.bias is not None:
                     torch.nn.init.zeros_(module.bias)
             elif "Norm" in type(module).__name__:
@@ -245,17 +267,27 @@ def flux_loss(model, x0, context, y, gen):
         return torch.mean((velocity - (noise - x0)) ** 2)
 
 
-def flow_loss(model, x0, context, y, gen, model_kwargs: Callable | None = None):
+def flow_loss(model, x0, context, y, gen, model_kwargs: Callable | None = None, timesteps: str = "logit-normal"):
     """Rectified-flow velocity MSE through the model's own ``model_sampling`` (Qwen-Image: ModelSamplingFlux, shift
     1.15; Z-Image: ModelSamplingDiscreteFlow, shift 3): sigma = its shifted ``sigma`` of a logit-normal timestep,
     x_t = (1-s)*x0 + s*eps, denoised = x_t - s*out; no guidance embedding and no pooled vector (``y`` is unused).
     ``model_kwargs(context)`` adds what the class's ``extra_conds`` derives from the context (Lumina2:
-    ``num_tokens``). Works on 4- and 5-dim (Qwen-Image: B, C, 1, H, W) latents."""
+    ``num_tokens``). Works on 4- and 5-dim (Qwen-Image: B, C, 1, H, W; Wan: B, C, T, H, W) latents.
+
+    ``sampling.sigma`` takes the timestep in the class's own units: ModelSamplingDiscreteFlow divides it by its
+    ``multiplier`` (Z-Image: 1, Wan: 1000), so the 0..1 timestep is scaled by it first (without that, Wan trained at
+    sigma <= 0.01 only). ``timesteps``: ``logit-normal`` (SD3's, Qwen-Image and Z-Image) or ``uniform`` (Wan: the
+    simple scheduler visits timesteps uniformly, and Wan's shift 8 already puts half of them above sigma 0.89; a
+    logit-normal draw would leave 2% of training below sigma 0.5)."""
     import torch
 
     batch = x0.shape[0]
     sampling = model.model_sampling
-    sigma = sampling.sigma(torch.sigmoid(torch.randn(batch, generator=gen))).clamp(1e-3, 1.0)
+    if timesteps == "uniform":
+        t = torch.rand(batch, generator=gen)
+    else:
+        t = torch.sigmoid(torch.randn(batch, generator=gen))
+    sigma = sampling.sigma(t * getattr(sampling, "multiplier", 1.0)).clamp(1e-3, 1.0)
     noise = torch.randn(x0.shape, generator=gen)
     x_t = sampling.noise_scaling(sigma, noise, x0)
     with torch.autograd.graph.saved_tensors_hooks(_keep_copy, _same):
@@ -317,10 +349,11 @@ class Recipe:
     steps: int
     preview: dict  # sampler settings: steps, cfg, sampler, scheduler, negative (class name or None = the positive)
     model_format: str | None = None  # the model's per-channel latent format, folded into the codec (see above)
+    frames: int = 0  # > 0: a video model trained on panning clips of this many latent frames (Wan)
 
 
 def recipes(demo) -> dict[str, Recipe]:
-    flux, sdxl, qwen, zimage = demo.model, demo.sdxl, demo.qwen, demo.zimage
+    flux, sdxl, qwen, zimage, wan = demo.model, demo.sdxl, demo.qwen, demo.zimage, demo.wan
     no_adm = lambda model, pooled: pooled  # noqa: E731  (context-only families: the pooled table is stored, unused)
     return {
         "flux": Recipe(flux, 16, "Flux", flux.UNET_CONFIG["context_in_dim"], flux.UNET_CONFIG["vec_in_dim"],
@@ -339,14 +372,19 @@ def recipes(demo) -> dict[str, Recipe]:
                           partial(flow_loss, model_kwargs=lambda context: {"num_tokens": context.shape[1]}), no_adm,
                           "float16", 2500,
                           dict(steps=20, cfg=zimage.DEFAULT_CFG, sampler="euler", scheduler="simple", negative=None)),
+        "wan": Recipe(wan, 16, "Flux", wan.CONTEXT_DIM, 1, partial(init_dit, zeroed=DIT_ZEROED["wan"]),
+                      partial(flow_loss, timesteps="uniform"), no_adm, "float16", 3000,
+                      dict(steps=20, cfg=wan.DEFAULT_CFG, sampler="euler", scheduler="simple",
+                           negative=wan.UNCONDITIONAL), model_format="Wan21", frames=wan.FRAMES),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--family", choices=["flux", "sdxl", "qwen-image", "z-image", "flux-proxy"], default="flux")
+    parser.add_argument("--family", choices=["flux", "sdxl", "qwen-image", "z-image", "wan", "flux-proxy"],
+                        default="flux")
     parser.add_argument("--steps", type=int, default=None,
-                        help=f"default: flux 1200, sdxl 2000, qwen-image 4000, z-image 2500, flux-proxy "
+                        help=f"default: flux 1200, sdxl 2000, qwen-image 4000, z-image 2500, wan 3000, flux-proxy "
                              f"{PROXY_DEFAULTS['steps']}")
     parser.add_argument("--batch", type=int, default=None,
                         help=f"default: flux/sdxl 16, flux-proxy {PROXY_DEFAULTS['batch']}")
@@ -405,8 +443,12 @@ def main() -> None:
     classes = data.CLASSES
     images, labels = [], []
     for i, name in enumerate(classes):
-        crops = data.augmented_crops(name, opts.crops, min_scale=opts.min_scale, generator=gen)
-        images += [data.reference_image(name), crops]
+        if recipe.frames:  # Wan: the reference clip and --crops random panning clips (demo/wan.py), frame by frame
+            crops = model_mod.training_clips(name, opts.crops, gen, recipe.frames).flatten(0, 1)
+            images.append(crops)
+        else:
+            crops = data.augmented_crops(name, opts.crops, min_scale=opts.min_scale, generator=gen)
+            images += [data.reference_image(name), crops]
         labels += [i] * (opts.crops + 1)
     images = torch.cat(images)
     labels = torch.tensor(labels)
@@ -418,10 +460,13 @@ def main() -> None:
     model = model_mod.build_model(torch.float32)
     recipe.init(model.diffusion_model)
     latents = codec.encode(images)
-    if model.latent_format.latent_dimensions == 3:  # Qwen-Image: (B, C, 1, H, W), as its VAE's image latents
+    if recipe.frames:  # Wan: (clips, C, T, H, W), as its VAE's video latents
+        latents = latents.unflatten(0, (-1, recipe.frames)).movedim(1, 2).contiguous()
+    elif model.latent_format.latent_dimensions == 3:  # Qwen-Image: (B, C, 1, H, W), as its VAE's image latents
         latents = latents.unsqueeze(2)
     x0_bank = model.process_latent_in(latents)
-    print(f"data: {len(classes)} classes x {opts.crops + 1} images {tuple(images.shape[1:3])},"
+    print(f"data: {len(classes)} classes x {opts.crops + 1} {'clips' if recipe.frames else 'images'}"
+          f"{f' of {recipe.frames} frames' if recipe.frames else ''} {tuple(images.shape[1:3])},"
           f" codec ({recipe.channels} channels) PSNR {psnr:.1f} dB,"
           f" model-input latent mean {x0_bank.mean():.3f} std {x0_bank.std():.3f}"
           f" [{time.perf_counter() - t_start:.1f}s]", flush=True)
@@ -484,6 +529,8 @@ def main() -> None:
             "whiten": opts.whiten, "ema": opts.ema, "weighting": opts.weighting if opts.family == "sdxl" else None, "image_size": data.IMAGE_SIZE, "threads": opts.threads,
             "torch": torch.__version__, "final_avg_loss": round(running, 5), "train_seconds": round(train_s, 1),
             "codec_psnr_db": round(psnr, 2), "weights_dtype": recipe.store_dtype,
+            **({"frames": recipe.frames, "pan_px": model_mod.PAN_PX, "clip_scale": list(model_mod.CLIP_SCALE),
+                "clips_per_class": opts.crops + 1} if recipe.frames else {}),
         }),
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -491,7 +538,7 @@ def main() -> None:
     print(f"wrote {out_path} ({out_path.stat().st_size / 1e6:.1f} MB); training {train_s:.0f}s,"
           f" total {time.perf_counter() - t_start:.0f}s, final avg loss {running:.4f}", flush=True)
     score = preview(demo, recipe, out_path, opts.preview)
-    if opts.family in ("qwen-image", "z-image"):  # the newer files record their preview score too
+    if opts.family in ("qwen-image", "z-image", "wan"):  # the newer files record their preview score too
         training = json.loads(metadata["fastlane.training"])
         training["preview"] = {**recipe.preview, **score}
         metadata["fastlane.training"] = json.dumps(training)
@@ -511,30 +558,40 @@ def preview(demo, recipe: Recipe, weights: Path, png: Path) -> dict[str, float]:
     patcher = recipe.module.load_demo_patcher(weights)
     names = recipe.module.class_names(weights)
     size = demo.data.IMAGE_SIZE
-    refs = torch.cat([demo.data.reference_image(n) for n in names])
+    frames = recipe.frames or 1  # Wan: whole clips are compared, every frame
+    if recipe.frames:
+        refs = torch.stack([recipe.module.reference_clip(n, frames) for n in names])  # (N, T, H, W, 3)
+    else:
+        refs = torch.cat([demo.data.reference_image(n) for n in names]).unsqueeze(1)
     rows, hits, psnrs = [], 0, []
     for i, name in enumerate(names):
-        latent = comfy.sample.fix_empty_latent_channels(patcher, torch.zeros(2, recipe.channels, size // 8, size // 8))
+        shape = (2, recipe.channels, *((frames,) if recipe.frames else ()), size // 8, size // 8)
+        latent = comfy.sample.fix_empty_latent_channels(patcher, torch.zeros(shape))
         noise = comfy.sample.prepare_noise(latent, 42 + i)
         positive = recipe.module.conditioning(name, path=weights)
         negative = recipe.module.conditioning(settings["negative"], path=weights) if settings["negative"] else positive
         samples = comfy.sample.sample(patcher, noise, settings["steps"], settings["cfg"], settings["sampler"],
                                       settings["scheduler"], positive, negative, latent, disable_pbar=True, seed=42 + i)
-        image = demo.codec.decode(samples.squeeze(2) if samples.ndim == 5 else samples, weights)
-        mse = ((image[:, None] - refs[None]) ** 2).mean(dim=(2, 3, 4))
+        if recipe.frames:
+            clips = recipe.module.decode(samples, weights).unflatten(0, (2, frames))
+        else:
+            clips = demo.codec.decode(samples.squeeze(2) if samples.ndim == 5 else samples, weights).unsqueeze(1)
+        mse = ((clips[:, None] - refs[None]) ** 2).mean(dim=(2, 3, 4, 5))
         hits += int((mse.argmin(1) == i).sum())
         psnrs += (-10 * torch.log10(mse[:, i])).tolist()
-        print(f"  {name:12s} MSE to own image {mse[:, i].mean():.4f}, to nearest other"
+        print(f"  {name:12s} MSE to own {'clip' if recipe.frames else 'image'} {mse[:, i].mean():.4f}, to nearest other"
               f" {mse[:, [j for j in range(len(names)) if j != i]].min(1).values.mean():.4f}")
-        rows.append(torch.cat([refs[i], *image], dim=1))
+        ends = sorted({0, frames - 1})  # the first and the last frame of each clip
+        rows.append(torch.cat([refs[i, f] for f in ends] + [clip[f] for clip in clips for f in ends], dim=1))
     score = {"nearest_own": hits, "samples": 2 * len(names), "psnr_db": round(sum(psnrs) / len(psnrs), 2)}
-    print(f"preview ({settings}): {hits}/{2 * len(names)} samples nearest to their own class's image, mean PSNR to it"
-          f" {score['psnr_db']:.2f} dB")
+    print(f"preview ({settings}): {hits}/{2 * len(names)} samples nearest to their own class's"
+          f" {'clip' if recipe.frames else 'image'}, mean PSNR to it {score['psnr_db']:.2f} dB")
     png.parent.mkdir(parents=True, exist_ok=True)
     from PIL import Image
 
     Image.fromarray((torch.cat(rows, dim=0).numpy() * 255).round().astype(np.uint8)).save(png)
-    print(f"wrote {png} (rows: reference | two samples)")
+    what = "; first and last frame of each clip" if recipe.frames else ""
+    print(f"wrote {png} (rows: reference | two samples{what})")
     return score
 
 

@@ -1,6 +1,7 @@
-"""The trained Qwen-Image and Z-Image demo models (demo/qwen.py, demo/zimage.py; issue 19), through the real ComfyUI:
-each is ComfyUI's own model class in a real ModelPatcher, draws a trained class recognisably, a cache that computes
-every step gives the uncached result bit for bit, and Target Speed 0.3 really runs fewer transformer blocks."""
+"""The trained Qwen-Image, Z-Image and Wan 2.1 demo models (demo/qwen.py, demo/zimage.py, demo/wan.py; issue 19),
+through the real ComfyUI: each is ComfyUI's own model class in a real ModelPatcher, draws a trained class recognisably
+(Wan: a clip of 3 latent frames, every frame compared), a cache that computes every step gives the uncached result bit
+for bit, and Target Speed 0.3 really runs fewer transformer blocks."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,11 +29,13 @@ class Demo:
     config_name: str  # the comfy.supported_models class the model was built by
     cfg: float
     blocks: Callable[[Any], list]  # the main stack a computed step runs (what block caching skips)
+    frames: int = 0  # > 0: a video model (Wan): latents (B, 16, frames, H/8, W/8), decoded frame by frame
 
 
 @pytest.fixture(scope="module")
 def demos() -> dict[str, Demo]:
     import fastlane.demo.qwen
+    import fastlane.demo.wan
     import fastlane.demo.zimage
 
     return {
@@ -40,6 +43,8 @@ def demos() -> dict[str, Demo]:
                            lambda dm: list(dm.transformer_blocks)),
         "z-image": Demo(fastlane.demo.zimage, comfy.model_base.Lumina2, "ZImage", fastlane.demo.zimage.DEFAULT_CFG,
                         lambda dm: list(dm.layers)),
+        "wan": Demo(fastlane.demo.wan, comfy.model_base.WAN21, "WAN21_T2V", fastlane.demo.wan.DEFAULT_CFG,
+                    lambda dm: list(dm.blocks), fastlane.demo.wan.FRAMES),
     }
 
 
@@ -68,7 +73,8 @@ class BlockCalls:
 
 def run(demo: Demo, model, base) -> tuple[torch.Tensor, int]:
     """(latent out, block calls) of one KSampler-style run (euler/simple) of ``SUBJECT``."""
-    latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros(1, 16, SIZE // 8, SIZE // 8))
+    shape = (1, 16, demo.frames, SIZE // 8, SIZE // 8) if demo.frames else (1, 16, SIZE // 8, SIZE // 8)
+    latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros(shape))
     noise = comfy.sample.prepare_noise(latent, SEED)
     positive = demo.module.conditioning(SUBJECT)
     negative = demo.module.conditioning(demo.module.UNCONDITIONAL)
@@ -83,24 +89,40 @@ def references(demos, patchers) -> dict:
     return {name: run(demos[name], patchers[name], patchers[name]) for name in demos}
 
 
-NAMES = ("qwen-image", "z-image")
+NAMES = ("qwen-image", "z-image", "wan")
+
+
+def nearest_class(demo: Demo, images: torch.Tensor) -> tuple[str, torch.Tensor]:
+    """(the class whose reference image, or reference clip for a video model, is nearest to ``images`` by pixel MSE,
+    the MSE to each class)."""
+    import fastlane.demo.data
+
+    names = demo.module.class_names()
+    if demo.frames:  # the whole clip against each class's reference clip
+        refs = torch.stack([demo.module.reference_clip(n, demo.frames, SIZE) for n in names])
+        mse = ((images.unflatten(0, (-1, demo.frames))[:1] - refs) ** 2).mean(dim=(1, 2, 3, 4))
+    else:
+        refs = torch.cat([fastlane.demo.data.reference_image(n, SIZE) for n in names])
+        mse = ((images - refs) ** 2).mean(dim=(1, 2, 3))
+    return names[int(mse.argmin())], mse
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_real_class_and_recognisable(name, demos, patchers, references):
     import fastlane.demo.codec
-    import fastlane.demo.data
 
     demo, patcher = demos[name], patchers[name]
     assert type(patcher.model) is demo.model_class
     assert type(patcher.model.model_config).__name__ == demo.config_name
     out, calls = references[name]
     assert calls == STEPS * len(demo.blocks(patcher.model.diffusion_model))  # uncached: every block, every step
-    image = fastlane.demo.codec.decode(out.squeeze(2) if out.ndim == 5 else out, demo.module.WEIGHTS)
-    names = demo.module.class_names()
-    refs = torch.cat([fastlane.demo.data.reference_image(n, SIZE) for n in names])
-    mse = ((image - refs) ** 2).mean(dim=(1, 2, 3))
-    assert names[int(mse.argmin())] == SUBJECT, f"{name}: sample nearest {names[int(mse.argmin())]}, MSE {mse}"
+    if demo.frames:
+        assert out.shape == (1, 16, demo.frames, SIZE // 8, SIZE // 8)
+        image = demo.module.decode(out)
+    else:
+        image = fastlane.demo.codec.decode(out.squeeze(2) if out.ndim == 5 else out, demo.module.WEIGHTS)
+    nearest, mse = nearest_class(demo, image)
+    assert nearest == SUBJECT, f"{name}: sample nearest {nearest}, MSE {mse}"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -134,16 +156,20 @@ def test_target_runs_fewer_blocks(name, granularity, demos, patchers, references
 
 @pytest.mark.parametrize("name", NAMES)
 def test_demo_nodes_draw_it_in_a_core_ksampler_graph(name, demos, graph):
-    """FastlaneDemoModelLoader -> FastlaneDemoPrompt -> EmptySD3LatentImage -> core KSampler -> FastlaneDemoDecode, as
-    a user builds it, draws the subject; FastlaneDemoEncode gives latents in the model's own shape (img2img)."""
-    import fastlane.demo.data
-
+    """FastlaneDemoModelLoader -> FastlaneDemoPrompt -> EmptySD3LatentImage (Wan: EmptyHunyuanLatentVideo, as Wan's
+    templates use) -> core KSampler -> FastlaneDemoDecode, as a user builds it, draws the subject; FastlaneDemoEncode
+    gives latents in the model's own shape (img2img; Wan: the decoded frames back to one clip)."""
     demo = demos[name]
+    if demo.frames:
+        latent = {"class_type": "EmptyHunyuanLatentVideo", "inputs": {
+            "width": SIZE, "height": SIZE, "length": demo.module.LENGTH, "batch_size": 1}}
+    else:
+        latent = {"class_type": "EmptySD3LatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}}
     prompt = {
         "loader": {"class_type": "FastlaneDemoModelLoader", "inputs": {"family": name}},
         "positive": {"class_type": "FastlaneDemoPrompt", "inputs": {"family": name, "subject": SUBJECT}},
         "negative": {"class_type": "FastlaneDemoPrompt", "inputs": {"family": name, "subject": "none"}},
-        "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
+        "latent": latent,
         "sample": {"class_type": "KSampler", "inputs": {
             "model": ["loader", 0], "positive": ["positive", 0], "negative": ["negative", 0],
             "latent_image": ["latent", 0], "seed": SEED, "steps": STEPS, "cfg": demo.cfg, "sampler_name": "euler",
@@ -154,9 +180,10 @@ def test_demo_nodes_draw_it_in_a_core_ksampler_graph(name, demos, graph):
     outputs = graph.run(prompt)["outputs"]
     image = outputs["decode"][0]
     latent = NODE["FastlaneDemoEncode"].execute(family=name, pixels=image).result[0]["samples"]
-    names = demo.module.class_names()
-    refs = torch.cat([fastlane.demo.data.reference_image(n, SIZE) for n in names])
-    mse = ((image - refs) ** 2).mean(dim=(1, 2, 3))
-    assert names[int(mse.argmin())] == SUBJECT, f"{name}: sample nearest {names[int(mse.argmin())]}, MSE {mse}"
-    expected = (1, 16, 1, SIZE // 8, SIZE // 8) if name == "qwen-image" else (1, 16, SIZE // 8, SIZE // 8)
+    nearest, mse = nearest_class(demo, image)
+    assert nearest == SUBJECT, f"{name}: sample nearest {nearest}, MSE {mse}"
+    expected = {"qwen-image": (1, 16, 1, SIZE // 8, SIZE // 8), "wan": (1, 16, demo.frames, SIZE // 8, SIZE // 8)
+                }.get(name, (1, 16, SIZE // 8, SIZE // 8))
     assert tuple(latent.shape) == expected
+    if demo.frames:
+        assert tuple(image.shape) == (demo.frames, SIZE, SIZE, 3)  # the clip's frames, as an IMAGE batch
