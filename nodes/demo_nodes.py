@@ -47,52 +47,31 @@ def proxy_conditioning(prompt: str) -> list:
                          f"its prompts use only these words: {words}") from None
 
 
+def _demo(module, conditioning: Callable[[str], list] | None = None, time_axis: bool = False) -> DemoFamily:
+    """A demo module's family: its loader, classes and conditioning, and the codec of its weights file.
+    ``time_axis``: the model's latents carry one (Qwen-Image: ``(B, 16, 1, H/8, W/8)``, as its real VAE's do)."""
+    def encode(images: torch.Tensor) -> torch.Tensor:
+        latent = codec.encode(images, module.WEIGHTS)
+        return latent.unsqueeze(2) if time_axis else latent
+
+    def decode(latent: torch.Tensor) -> torch.Tensor:
+        return codec.decode(latent.squeeze(2) if latent.ndim == 5 else latent, module.WEIGHTS)
+
+    return DemoFamily(load=module.load_demo_patcher,
+                      class_names=lambda: module.class_names(include_unconditional=True),
+                      conditioning=conditioning or module.conditioning, encode=encode, decode=decode)
+
+
 #: family name -> its demo model. Add an entry and every node below offers it.
 FAMILIES: dict[str, DemoFamily] = {
-    "flux": DemoFamily(
-        load=model.load_demo_patcher,
-        class_names=lambda: model.class_names(include_unconditional=True),
-        conditioning=model.conditioning,
-        encode=codec.encode,
-        decode=codec.decode,
-    ),
-    "sdxl": DemoFamily(
-        load=sdxl.load_demo_patcher,
-        class_names=lambda: sdxl.class_names(include_unconditional=True),
-        conditioning=sdxl.conditioning,
-        encode=lambda images: codec.encode(images, sdxl.WEIGHTS),
-        decode=lambda latent: codec.decode(latent, sdxl.WEIGHTS),
-    ),
-    "qwen-image": DemoFamily(
-        load=qwen.load_demo_patcher,
-        class_names=lambda: qwen.class_names(include_unconditional=True),
-        conditioning=qwen.conditioning,
-        # Qwen-Image's latents carry a time axis, (B, 16, 1, H/8, W/8), as its real VAE's do
-        encode=lambda images: codec.encode(images, qwen.WEIGHTS).unsqueeze(2),
-        decode=lambda latent: codec.decode(latent.squeeze(2) if latent.ndim == 5 else latent, qwen.WEIGHTS),
-    ),
-    "z-image": DemoFamily(
-        load=zimage.load_demo_patcher,
-        class_names=lambda: zimage.class_names(include_unconditional=True),
-        conditioning=zimage.conditioning,
-        encode=lambda images: codec.encode(images, zimage.WEIGHTS),
-        decode=lambda latent: codec.decode(latent, zimage.WEIGHTS),
-    ),
-    "wan": DemoFamily(
-        load=wan.load_demo_patcher,
-        class_names=lambda: wan.class_names(include_unconditional=True),
-        conditioning=wan.conditioning,
-        # video: an IMAGE batch of frames is one clip, (1, 16, frames, H/8, W/8); decode gives every clip's frames
-        encode=wan.encode,
-        decode=wan.decode,
-    ),
-    "flux-proxy": DemoFamily(
-        load=proxy.load_demo_patcher,
-        class_names=lambda: proxy.class_names(include_unconditional=True),
-        conditioning=proxy_conditioning,
-        encode=lambda images: codec.encode(images, proxy.WEIGHTS),
-        decode=lambda latent: codec.decode(latent, proxy.WEIGHTS),
-    ),
+    "flux": _demo(model),
+    "sdxl": _demo(sdxl),
+    "qwen-image": _demo(qwen, time_axis=True),
+    "z-image": _demo(zimage),
+    # video: an IMAGE batch of frames is one clip, (1, 16, frames, H/8, W/8); decode gives every clip's frames
+    "wan": DemoFamily(load=wan.load_demo_patcher, class_names=lambda: wan.class_names(include_unconditional=True),
+                      conditioning=wan.conditioning, encode=wan.encode, decode=wan.decode),
+    "flux-proxy": _demo(proxy, proxy_conditioning),
 }
 
 
