@@ -21,10 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
-import comfy.model_base
-import comfy.model_patcher
 import comfy.supported_models
 
 from . import weights_file
@@ -50,29 +47,9 @@ UNET_CONFIG: dict = {
 }
 
 
-def model_config(dtype: torch.dtype = torch.float32, manual_cast_dtype: torch.dtype | None = None
-                 ) -> comfy.supported_models.QwenImage:
-    """ComfyUI's own Qwen-Image model config class, with the demo's sizes."""
-    config = comfy.supported_models.QwenImage(dict(UNET_CONFIG))
-    config.set_inference_dtype(dtype, manual_cast_dtype)
-    return config
-
-
-def build_model(dtype: torch.dtype = torch.float32, manual_cast_dtype: torch.dtype | None = None,
-                device: torch.device | None = None) -> comfy.model_base.QwenImage:
-    """An untrained ``comfy.model_base.QwenImage`` (weights uninitialised: load or initialise them)."""
-    return model_config(dtype, manual_cast_dtype).get_model({}, "", device=device)
-
-
-def load_demo_patcher(path: str | Path | None = None, dtype: torch.dtype | None = None
-                      ) -> comfy.model_patcher.ModelPatcher:
-    """Load the trained demo Qwen-Image model into a real ModelPatcher, dtypes chosen as ComfyUI's UNETLoader does."""
-    return weights_file.load_patcher(path or WEIGHTS, comfy.supported_models.QwenImage, UNET_CONFIG, dtype)
-
-
-def class_names(path: str | Path | None = None, include_unconditional: bool = False) -> list[str]:
-    """The classes (training images) the demo Qwen-Image model draws, in weights-file order."""
-    return weights_file.class_names(path or WEIGHTS, include_unconditional)
+_DEMO = weights_file.DemoModel(comfy.supported_models.QwenImage, UNET_CONFIG, WEIGHTS)
+model_config, build_model = _DEMO.model_config, _DEMO.build_model
+load_demo_patcher, class_names = _DEMO.load_demo_patcher, _DEMO.class_names
 
 
 def conditioning(class_name: str, batch: int = 1, path: str | Path | None = None) -> list:

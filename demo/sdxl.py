@@ -17,10 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
-import comfy.model_base
-import comfy.model_patcher
 import comfy.supported_models
 
 from . import weights_file
@@ -57,29 +54,9 @@ UNET_CONFIG: dict = {
 }
 
 
-def model_config(dtype: torch.dtype = torch.float32, manual_cast_dtype: torch.dtype | None = None
-                 ) -> comfy.supported_models.SDXL:
-    """ComfyUI's own SDXL model config class, with the demo's sizes."""
-    config = comfy.supported_models.SDXL(dict(UNET_CONFIG))
-    config.set_inference_dtype(dtype, manual_cast_dtype)
-    return config
-
-
-def build_model(dtype: torch.dtype = torch.float32, manual_cast_dtype: torch.dtype | None = None,
-                device: torch.device | None = None) -> comfy.model_base.SDXL:
-    """An untrained eps-prediction ``comfy.model_base.SDXL`` (weights uninitialised: load or initialise them)."""
-    return model_config(dtype, manual_cast_dtype).get_model({}, "", device=device)
-
-
-def load_demo_patcher(path: str | Path | None = None, dtype: torch.dtype | None = None
-                      ) -> comfy.model_patcher.ModelPatcher:
-    """Load the trained demo SDXL model into a real ModelPatcher, dtypes chosen as ComfyUI's UNETLoader does."""
-    return weights_file.load_patcher(path or WEIGHTS, comfy.supported_models.SDXL, UNET_CONFIG, dtype)
-
-
-def class_names(path: str | Path | None = None, include_unconditional: bool = False) -> list[str]:
-    """The classes (training images) the demo SDXL model draws, in weights-file order."""
-    return weights_file.class_names(path or WEIGHTS, include_unconditional)
+_DEMO = weights_file.DemoModel(comfy.supported_models.SDXL, UNET_CONFIG, WEIGHTS)
+model_config, build_model = _DEMO.model_config, _DEMO.build_model
+load_demo_patcher, class_names = _DEMO.load_demo_patcher, _DEMO.class_names
 
 
 def size_conditioning(size: int = IMAGE_SIZE) -> dict:

@@ -77,3 +77,33 @@ def class_embedding(path: str | Path, class_name: str, batch: int = 1) -> tuple[
         raise ValueError(f"unknown demo class {class_name!r}; known: {names}")
     i = names.index(class_name)
     return context[i:i + 1].repeat(batch, 1, 1), pooled[i:i + 1].repeat(batch, 1)
+
+
+class DemoModel:
+    """What every demo module builds and loads the same way: ComfyUI's own model config class with the demo's sizes
+    (``unet_config``) and its weights file. A module binds these as its ``model_config``, ``build_model``,
+    ``load_demo_patcher`` and ``class_names``."""
+
+    def __init__(self, config_class: type[comfy.supported_models_base.BASE], unet_config: dict,
+                 weights: Path) -> None:
+        self.config_class, self.unet_config, self.weights = config_class, unet_config, weights
+
+    def model_config(self, dtype: torch.dtype = torch.float32, manual_cast_dtype: torch.dtype | None = None):
+        """ComfyUI's own model config class, with the demo's sizes."""
+        config = self.config_class(dict(self.unet_config))
+        config.set_inference_dtype(dtype, manual_cast_dtype)
+        return config
+
+    def build_model(self, dtype: torch.dtype = torch.float32, manual_cast_dtype: torch.dtype | None = None,
+                    device: torch.device | None = None):
+        """An untrained ComfyUI model (``comfy.model_base``; weights uninitialised: load or initialise them)."""
+        return self.model_config(dtype, manual_cast_dtype).get_model({}, "", device=device)
+
+    def load_demo_patcher(self, path: str | Path | None = None, dtype: torch.dtype | None = None
+                          ) -> comfy.model_patcher.ModelPatcher:
+        """The trained demo model in a real ModelPatcher, dtypes chosen as ComfyUI's UNETLoader does."""
+        return load_patcher(path or self.weights, self.config_class, self.unet_config, dtype)
+
+    def class_names(self, path: str | Path | None = None, include_unconditional: bool = False) -> list[str]:
+        """The classes (training images) the demo model draws, in weights-file order."""
+        return class_names(path or self.weights, include_unconditional)
