@@ -358,10 +358,8 @@ FAMILIES = {
 
 def sample(family: Family, model, class_name: str, seed: int, steps: int, size: int) -> torch.Tensor:
     """One sampled image, or for a video family every decoded frame of the clip: (frames, size, size, 3)."""
-    if family.frames:  # Wan: EmptyHunyuanLatentVideo's (1, 16, T, H/8, W/8); decoded frame by frame
-        latent = torch.zeros(1, family.channels, family.frames, size // 8, size // 8)
-    else:
-        latent = torch.zeros(1, family.channels, size // 8, size // 8)
+    frames = (family.frames,) if family.frames else ()  # Wan: EmptyHunyuanLatentVideo's (1, 16, T, H/8, W/8)
+    latent = torch.zeros(1, family.channels, *frames, size // 8, size // 8)
     # as KSampler does: an empty latent gets the model's latent shape (Qwen-Image: a time axis, B, C, 1, H, W)
     latent = comfy.sample.fix_empty_latent_channels(model, latent)
     noise = comfy.sample.prepare_noise(latent, seed)
@@ -369,9 +367,7 @@ def sample(family: Family, model, class_name: str, seed: int, steps: int, size: 
     negative = family.module.conditioning(family.module.UNCONDITIONAL)
     out = comfy.sample.sample(model, noise, steps, family.cfg, "euler", family.scheduler, positive, negative, latent,
                               seed=seed, disable_pbar=True)
-    if family.frames:
-        return family.module.decode(out)
-    return codec.decode(out.squeeze(2) if out.ndim == 5 else out, family.module.WEIGHTS)
+    return codec.decode(out, family.module.WEIGHTS)  # a video latent (Wan, Qwen-Image's T = 1) gives its frames
 
 
 def main() -> None:

@@ -128,5 +128,9 @@ def encode(images: torch.Tensor, path: str | Path | None = None) -> torch.Tensor
 
 
 def decode(latent: torch.Tensor, path: str | Path | None = None) -> torch.Tensor:
-    """Decode raw latents with the codec of the demo weights file: BCHW -> BHWC clamped to 0..1."""
+    """Decode raw latents with the codec of the demo weights file: BCHW -> BHWC clamped to 0..1. A video latent
+    (B, C, T, H, W: Wan, or Qwen-Image's T = 1) gives its frames clip after clip, (B*T, H, W, 3), as ComfyUI passes
+    video; the codec is per frame."""
+    if latent.ndim == 5:
+        latent = latent.movedim(2, 1).flatten(0, 1)
     return load(path or _default_path()).decode(latent)

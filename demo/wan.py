@@ -95,9 +95,7 @@ def encode(frames: torch.Tensor, path: str | Path | None = None, clip_frames: in
 
 def decode(latent: torch.Tensor, path: str | Path | None = None) -> torch.Tensor:
     """Video latent (B, 16, T, h, w) -> IMAGE frames (B*T, 8h, 8w, 3), clip after clip: how ComfyUI passes video."""
-    if latent.ndim == 4:  # an image latent: one frame
-        latent = latent.unsqueeze(2)
-    return codec.decode(latent.movedim(2, 1).flatten(0, 1), path or WEIGHTS)
+    return codec.decode(latent, path or WEIGHTS)
 
 
 def pan_clip(name: str, scale: float, top: float, left: float, frames: int = FRAMES, size: int = data.IMAGE_SIZE,

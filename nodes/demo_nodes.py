@@ -47,30 +47,26 @@ def proxy_conditioning(prompt: str) -> list:
                          f"its prompts use only these words: {words}") from None
 
 
-def _demo(module, conditioning: Callable[[str], list] | None = None, time_axis: bool = False) -> DemoFamily:
-    """A demo module's family: its loader, classes and conditioning, and the codec of its weights file.
-    ``time_axis``: the model's latents carry one (Qwen-Image: ``(B, 16, 1, H/8, W/8)``, as its real VAE's do)."""
-    def encode(images: torch.Tensor) -> torch.Tensor:
-        latent = codec.encode(images, module.WEIGHTS)
-        return latent.unsqueeze(2) if time_axis else latent
-
-    def decode(latent: torch.Tensor) -> torch.Tensor:
-        return codec.decode(latent.squeeze(2) if latent.ndim == 5 else latent, module.WEIGHTS)
-
+def _demo(module, conditioning: Callable[[str], list] | None = None,
+          encode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> DemoFamily:
+    """A demo module's family: its loader, classes and conditioning, and the codec of its weights file (``encode``
+    where the model's latents are not the codec's images: Qwen-Image's time axis, Wan's clips)."""
     return DemoFamily(load=module.load_demo_patcher,
                       class_names=lambda: module.class_names(include_unconditional=True),
-                      conditioning=conditioning or module.conditioning, encode=encode, decode=decode)
+                      conditioning=conditioning or module.conditioning,
+                      encode=encode or (lambda images: codec.encode(images, module.WEIGHTS)),
+                      decode=lambda latent: codec.decode(latent, module.WEIGHTS))  # a video latent gives its frames
 
 
 #: family name -> its demo model. Add an entry and every node below offers it.
 FAMILIES: dict[str, DemoFamily] = {
     "flux": _demo(model),
     "sdxl": _demo(sdxl),
-    "qwen-image": _demo(qwen, time_axis=True),
+    # Qwen-Image's latents carry a time axis, (B, 16, 1, H/8, W/8), as its real VAE's do
+    "qwen-image": _demo(qwen, encode=lambda images: codec.encode(images, qwen.WEIGHTS).unsqueeze(2)),
     "z-image": _demo(zimage),
     # video: an IMAGE batch of frames is one clip, (1, 16, frames, H/8, W/8); decode gives every clip's frames
-    "wan": DemoFamily(load=wan.load_demo_patcher, class_names=lambda: wan.class_names(include_unconditional=True),
-                      conditioning=wan.conditioning, encode=wan.encode, decode=wan.decode),
+    "wan": _demo(wan, encode=wan.encode),
     "flux-proxy": _demo(proxy, proxy_conditioning),
 }
 

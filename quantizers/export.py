@@ -15,8 +15,9 @@ Scales: Fastlane's row-wise fp8 Linears (fp8_scaled_mm) have one scale per outpu
 per tensor, written 0-d (ComfyUI's own per-tensor shape; its activation scale is per run, so no ``input_scale``).
 The classic scaled-fp8 layout (``scale_weight`` per Linear) holds a single per-tensor scale only: its Linear
 declares a 0-d ``scale_weight`` (a per-row tensor fails to load) and its fp8 matmul path is per-tensor. The
-mixed-precision layout takes the scale tensor as given and dequantizes with ``codes.to(dtype) * scale``, so a ``[out, 1]`` scale broadcasts per row: the saved codes and scales
-are the quantized model's, bit for bit, with no requantization. ComfyUI 0.3.75 computes these Linears by
+mixed-precision layout takes the scale tensor as given and dequantizes with ``codes.to(dtype) * scale``, so a
+``[out, 1]`` scale broadcasts per row: the saved codes and scales are the quantized model's, bit for bit, with no
+requantization. ComfyUI 0.3.75 computes these Linears by
 dequantizing the weight at each call (its fp8 ``_scaled_mm`` path needs a static ``input_scale``, which Fastlane's
 per-token scheme does not have, so none is written): fp8 weight memory, 16-bit matmuls.
 """
@@ -84,7 +85,7 @@ def state_dict(model) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
         # Fastlane keeps [1, out] (scale_b of _scaled_mm) or [out]; ComfyUI multiplies codes [out, in] by the scale.
         # fp8_tensorwise's single scale stays 0-d: ComfyUI's own per-tensor scale shape
         scale = m.weight_scale.detach().float()
-        scale = scale.reshape(()) if scale.numel() == 1 and scale.dim() == 0 else scale.reshape(-1, 1)
+        scale = scale if scale.dim() == 0 else scale.reshape(-1, 1)
         out[f"{name}.weight_scale"] = scale.to("cpu", copy=True).contiguous()
         if m.bias is not None:
             out[f"{name}.bias"] = m.bias.detach().to("cpu", copy=True).contiguous()
@@ -105,6 +106,7 @@ def state_dict(model) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
         raise AssertionError("no fp8 tensor in the export")  # cannot happen: linears is not empty
     out["scaled_fp8"] = torch.tensor([], dtype=FP8)
     schemes = sorted({m.fastlane_scheme for m in linears.values()})
+    per_tensor = {m.weight_scale.dim() == 0 for m in linears.values()}  # which scale shapes the file holds
     metadata = {
         "_quantization_metadata": json.dumps({
             "format_version": "1.0",
@@ -113,15 +115,15 @@ def state_dict(model) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
         "fastlane": json.dumps({
             "writer": WRITER, "fastlane_version": _fastlane_version(), "schemes": schemes,
             "quantized_linears": len(linears),
-            "weight_scale": "; ".join(sorted({"per tensor, float32 0-d" if m.weight_scale.dim() == 0 else
-                                              "per output row, float32 [out, 1]" for m in linears.values()})),
+            "weight_scale": "; ".join(sorted("per tensor, float32 0-d" if t else "per output row, float32 [out, 1]"
+                                             for t in per_tensor)),
             "patches_baked": baked, "layout": "ComfyUI mixed precision (TensorCoreFP8Layout, no input_scale)",
         }),
         "modelspec.author": WRITER,
     }
     fp8_bytes = sum(out[f"{n}.weight"].numel() for n in linears)
     total = sum(t.numel() * t.element_size() for t in out.values())
-    kinds = " and ".join(sorted({"per-tensor" if m.weight_scale.dim() == 0 else "per-row" for m in linears.values()}))
+    kinds = " and ".join(sorted("per-tensor" if t else "per-row" for t in per_tensor))
     summary = (f"{len(linears)} fp8 Linears ({', '.join(schemes)}; {fp8_bytes / 2 ** 20:.1f} MB of e4m3 weights with "
                f"{kinds} scales), {total / 2 ** 20:.1f} MB in all; {baked} pending LoRA/weight patches baked in")
     return out, metadata, summary

@@ -572,10 +572,7 @@ def preview(demo, recipe: Recipe, weights: Path, png: Path) -> dict[str, float]:
         negative = recipe.module.conditioning(settings["negative"], path=weights) if settings["negative"] else positive
         samples = comfy.sample.sample(patcher, noise, settings["steps"], settings["cfg"], settings["sampler"],
                                       settings["scheduler"], positive, negative, latent, disable_pbar=True, seed=42 + i)
-        if recipe.frames:
-            clips = recipe.module.decode(samples, weights).unflatten(0, (2, frames))
-        else:
-            clips = demo.codec.decode(samples.squeeze(2) if samples.ndim == 5 else samples, weights).unsqueeze(1)
+        clips = demo.codec.decode(samples, weights).unflatten(0, (2, frames))  # (2, T, H, W, 3)
         mse = ((clips[:, None] - refs[None]) ** 2).mean(dim=(2, 3, 4, 5))
         hits += int((mse.argmin(1) == i).sum())
         psnrs += (-10 * torch.log10(mse[:, i])).tolist()
