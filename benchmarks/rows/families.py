@@ -11,7 +11,7 @@ Which rows and why:
   regional; each family's adapter picks its granularity: blocks for Qwen-Image / Wan / FLUX.2 / Z-Image);
 - new: ``int8dyn`` (eager int8 dynamic: the quantize row that also runs on a CPU, for the smoke test) and
   ``fast_target0.5_fewfp8`` (the fast tier computing half the steps: Z-Image's 8 turbo steps leave a cache little
-  room, 0.3 of 8 computes only 3).
+  room, 0.3 of 8 computes only 3) and ``fast_target0.4_fewfp8`` (3 of 8 computed: the step past it).
 """
 from __future__ import annotations
 
@@ -40,6 +40,17 @@ def int8dyn(model):
      note="fp8_scaled_mm (few-row weights fp8), target-speed 0.5 order 2, Fastlane Compile regional: the fast tier "
           "for short schedules (Z-Image's 8 steps)")
 def fast_target05(model):
-    cached = node("FastlaneTargetSpeedCache", _quantized(model, "fp8_scaled_mm", "auto"), compute_fraction=0.5,
+    return _fast_tier(model, 0.5)
+
+
+@row("fast_target0.4_fewfp8", families=("flux", *NEW_FAMILIES), heavy=True,
+     note="fp8_scaled_mm (few-row weights fp8), target-speed 0.4 order 2, Fastlane Compile regional: 3 of Z-Image's "
+          "8 steps computed")
+def fast_target04(model):
+    return _fast_tier(model, 0.4)
+
+
+def _fast_tier(model, fraction: float):
+    cached = node("FastlaneTargetSpeedCache", _quantized(model, "fp8_scaled_mm", "auto"), compute_fraction=fraction,
                   order=2)
     return node("FastlaneCompile", cached)
