@@ -20,7 +20,7 @@ from comfy.patcher_extension import WrappersMP
 
 from ..compilers import conds
 from ..compilers.call_wrappers import transformer_options_of
-from .session import Call, StepCache
+from .session import BLEND_SUFFIX, Call, StepCache
 
 HOLDER_KEY = "fastlane_cache"
 RECORDER_KEY = "fastlane_recorder"  # set by the benchmark node; told which calls were computed
@@ -44,7 +44,7 @@ def make_diffusion_model_wrapper(adapter):
         x = args[0]
         adapter.check_call(cache, args, kwargs)
         call = cache.begin_call(x, float(options["sigmas"][0]), options["sample_sigmas"], _batch_key(x, options),
-                                adapter.features(cache.granularity))
+                                adapter.features(cache.granularity) + cache.features)
         recorder = options.get(RECORDER_KEY)
         if recorder is not None:
             recorder.mark_call(computed=call.compute, label=cache.label)
@@ -57,12 +57,21 @@ def make_diffusion_model_wrapper(adapter):
                 out = executor(*args, **kwargs) if run_call is None else run_call(cache, call, executor, args, kwargs)
             finally:
                 options.pop("fastlane_call", None)
-            if call.compute and cache.granularity == "output":
+            if call.compute and cache.features:
                 call.store("out", out)
+            elif cache.blend_output:
+                out = torch.lerp(out, call.forecast("out").to(out.dtype), 0.5)
         cache.end_call(call, x, out)
         return out
 
     return diffusion_model_wrapper
+
+
+def granularity_options(adapter) -> tuple[str, ...]:
+    """The granularities a cache on this adapter's models may take: its own, and ``blocks+output`` where it has
+    ``blocks``."""
+    own = adapter.granularities
+    return tuple(option for g in own for option in ((g, g + BLEND_SUFFIX) if g == "blocks" else (g,)))
 
 
 def outer_sample_wrapper(executor, *args, **kwargs):
@@ -92,8 +101,8 @@ def _time_fn(patcher):
 
 def attach(model: comfy.model_patcher.ModelPatcher, cache: StepCache, adapter: Any) -> comfy.model_patcher.ModelPatcher:
     """Return a clone of ``model`` with ``cache`` attached; ``model`` itself is left untouched."""
-    if cache.granularity not in adapter.granularities:
-        raise ValueError(f"{adapter.family} supports granularity {adapter.granularities}, not '{cache.granularity}'")
+    if cache.granularity not in adapter.granularities or (cache.blend_output and cache.granularity != "blocks"):
+        raise ValueError(f"{adapter.family} supports granularity {granularity_options(adapter)}, not '{cache.option}'")
     patched = model.clone()
     if HOLDER_KEY in patched.model_options.get("transformer_options", {}):
         raise ValueError("this MODEL already has a Fastlane cacher; use one cacher node per model chain")

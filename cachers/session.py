@@ -16,7 +16,23 @@ from .forecast import Forecaster, ForecastSpec
 from .policies import Policy
 from .schedule import StepClock
 
+BLEND_SUFFIX = "+output"
 SIGNAL_SUBSAMPLE = 4  # spatial stride of the copies kept for the change signal: cheap, and enough to rank steps
+
+
+def split_blend(granularity: str) -> tuple[str, bool]:
+    """``"blocks+output"`` -> ``("blocks", True)``; any other granularity -> ``(granularity, False)``.
+
+    Blending: a skipped call runs the model with its block granularity's forecast (the final layer at the current
+    timestep), and returns the mean of that output and a Taylor forecast of the whole output over the same computed
+    calls: two forecasts of one quantity whose errors partly cancel (docs/FIDELITY.md, "Two forecasts, one output")."""
+    base, suffix, _ = granularity.partition(BLEND_SUFFIX)
+    if not suffix:
+        return granularity, False
+    if not base or base == "output" or granularity != base + BLEND_SUFFIX:
+        raise ValueError(f"granularity '{granularity}': only a block granularity can be blended with the output, "
+                         f"e.g. 'blocks{BLEND_SUFFIX}'")
+    return base, True
 
 
 @dataclass
@@ -128,7 +144,9 @@ class StepCache:
         self.make_policy = make_policy
         # a plain int is a Taylor order (validated by the spec)
         self.forecast = forecast if isinstance(forecast, ForecastSpec) else ForecastSpec("taylor", order=forecast)
-        self.granularity = granularity
+        # "blocks+output": the adapter caches at "blocks", and a skipped call's output is blended with a forecast
+        # of the whole output (BLEND_SUFFIX); adapters only ever see the block granularity
+        self.granularity, self.blend_output = split_blend(granularity)
         self.label = label
         self.time_fn: Callable[[float], float] | None = None  # set per run by the glue (the model's sigma -> t)
         self.run: CacheRun | None = None
@@ -138,8 +156,19 @@ class StepCache:
     def order(self) -> int:
         return self.forecast.order
 
+    @property
+    def option(self) -> str:
+        """The granularity as the node names it (``blocks+output`` for a blended cache)."""
+        return self.granularity + (BLEND_SUFFIX if self.blend_output else "")
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """What the shared wrapper itself keeps per batch key: the whole output (``out``) at ``output`` and when
+        blending; nothing else (the adapter keeps its block features)."""
+        return ("out",) if self.granularity == "output" or self.blend_output else ()
+
     def fresh(self, time_fn: Callable[[float], float] | None = None) -> "StepCache":
-        cache = StepCache(self.make_policy, self.forecast, self.granularity, self.label)
+        cache = StepCache(self.make_policy, self.forecast, self.option, self.label)
         cache.time_fn = time_fn
         return cache
 
@@ -174,7 +203,7 @@ class StepCache:
             "policy": run.policy.describe(),
             "forecast": self.forecast.describe(),
             "order": self.order,
-            "granularity": self.granularity,
+            "granularity": self.option,
             "steps": run.clock.num_steps,
             "computed_steps": computed,
             "computed_calls": run.computed_calls,

@@ -226,6 +226,21 @@ def test_spectrum_caches_every_family(models, references, name):
     assert counter.calls == 4 * len(counter.blocks) and torch.isfinite(cached).all()
 
 
+@pytest.mark.parametrize("name", FAMILIES)
+def test_target_speed_auto_blends_where_blocks_is_the_default(models, references, name):
+    def target(fraction: float):
+        return NODE["FastlaneTargetSpeedCache"].execute(model=models[name], compute_fraction=fraction, order=1,
+                                                        granularity="auto", **ALL).result[0]
+
+    blended = "blocks" in FAMILIES[name].granularities
+    assert target(0.5).model_options["transformer_options"]["fastlane_cache"].option == \
+        ("blocks+output" if blended else FAMILIES[name].granularities[0])
+    assert torch.equal(sample(name, target(1.0)), references[name])
+    with Counter(name, models[name]) as counter:
+        cached = sample(name, target(0.5), steps=8)
+    assert counter.calls == 4 * len(counter.blocks) and torch.isfinite(cached).all()
+
+
 # ---- Wan 2.2 A14B: two experts, two KSamplerAdvanced stages ---------------------------------------------------------
 
 def test_wan22_experts_each_start_clean_on_their_own_schedule(models):

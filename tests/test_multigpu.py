@@ -116,7 +116,7 @@ def test_sampling_matches_and_weights_follow_patches(flux):
     session.release()
 
 
-@pytest.mark.parametrize("granularity", ["output", "blocks", "last_block"])
+@pytest.mark.parametrize("granularity", ["output", "blocks", "last_block", "blocks+output"])
 def test_cache_decides_the_same_steps(flux, granularity):
     """An adaptive cacher (its signal comes from the whole output) computes the same steps as in one process, and
     the forecasts (whole output, or the block stack's residual / hidden state gathered on rank 0) give the same

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from ..comfy_hooks import granularity_options
 from .dit import DiTAdapter
 from .flux import FluxAdapter
 from .generic import GenericAdapter
@@ -40,6 +41,7 @@ def default_granularity(adapter) -> str:
 
 
 def all_granularities() -> list[str]:
-    """Every adapter's granularities, once each, in adapter order, with ``output`` (shared by all) last."""
-    names = list(dict.fromkeys(g for a in ADAPTERS for g in a.granularities))
+    """Every adapter's granularities, once each, in adapter order, with ``blocks+output`` after ``blocks`` and
+    ``output`` (shared by all) last."""
+    names = list(dict.fromkeys(g for a in ADAPTERS for g in granularity_options(a)))
     return [g for g in names if g != "output"] + (["output"] if "output" in names else [])
