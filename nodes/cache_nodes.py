@@ -20,7 +20,13 @@ GRANULARITY_TIP = ("What a cached step reuses. auto: the model family's best (FL
                    "shallowest blocks and forecast the deep feature entering them. output: forecast the whole model "
                    "output (any model; the least precise; works with ControlNet). blocks+output: blocks, then a "
                    "skipped step returns the mean of that output and a forecast of the whole output (two forecasts "
-                   "whose errors partly cancel; what Target Speed's auto takes wherever blocks is the default).")
+                   "whose errors partly cancel; Target Speed's auto on FLUX, Qwen-Image and Z-Image).")
+
+
+# Where Target Speed's auto blends (blocks+output): the families whose trained proxies it kept closer than blocks
+# (docs/FIDELITY.md, "Two forecasts, one output": FLUX both proxies, Qwen-Image and Z-Image +0.5 to +1.8 dB at 0.3;
+# the Wan demo model -0.6 dB at 0.3, so Wan keeps blocks; Chroma and HunyuanVideo are not measured).
+BLENDED_BY_DEFAULT = ("FLUX", "Qwen-Image", "Z-Image")
 
 
 def _common_inputs() -> list:
@@ -149,9 +155,9 @@ class FastlaneTargetSpeedCache(io.ComfyNode):
             description="Ask for a speed, get it: exactly `compute_fraction` of the steps run the full model "
                         "(0.4 = 2.5x fewer passes): the first step, then evenly spread up to the last step; the "
                         "steps between are forecast (Taylor series of `order`). A fixed plan: no per-step "
-                        "measurement, so cached steps cost the least. Granularity auto forecasts both the blocks' "
-                        "residual and the whole output and returns their mean (blocks+output) on the DiT families "
-                        "(FLUX, Qwen-Image, Wan, Z-Image, ...); SDXL: deep. On the FLUX "
+                        "measurement, so cached steps cost the least. Granularity auto on FLUX, Qwen-Image and "
+                        "Z-Image forecasts both the blocks' residual and the whole output and returns their mean "
+                        "(blocks+output); elsewhere the family's default. On the FLUX "
                         "demo model 0.4 kept 52.4 dB PSNR (order 2); on the SDXL one 37.6 dB (order 1).",
             inputs=[
                 _model_input(),
@@ -170,9 +176,7 @@ class FastlaneTargetSpeedCache(io.ComfyNode):
     def execute(cls, model, compute_fraction: float, order: int, granularity: str, start: float,
                 end: float) -> io.NodeOutput:
         adapter = adapter_for(model)
-        if granularity == "auto" and default_granularity(adapter) == "blocks":
-            # on the FLUX, Qwen-Image, Z-Image and Wan proxies 0.3-1.8 dB closer than blocks at 0.3 computed, and
-            # never more than 0.2 dB further at any fraction (docs/FIDELITY.md, "Two forecasts, one output")
+        if granularity == "auto" and adapter.family in BLENDED_BY_DEFAULT:
             granularity = "blocks+output"
         policy = partial(TargetSpeedPolicy, compute_fraction, Window(start, end))
         return _cached(model, policy, order, granularity, f"Target/{compute_fraction:g}", adapter)

@@ -80,7 +80,7 @@ def test_state_resets_between_runs_and_the_received_model_is_unchanged():
     assert repr(flux.model_options) == options_before
 
 
-def test_target_speed_auto_takes_it_where_blocks_is_the_default():
+def test_target_speed_auto_takes_it_on_flux_not_on_sdxl_nor_for_fora():
     auto = cache_of(target(tiny_flux(), 0.4, "auto"))
     assert (auto.granularity, auto.blend_output, auto.option) == ("blocks", True, "blocks+output")
     assert cache_of(target(tiny_sdxl(), 0.4, "auto")).option == "deep"
