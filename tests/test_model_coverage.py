@@ -341,7 +341,7 @@ def test_variants_that_add_between_blocks_fall_back_to_output():
     ("z_image", "deep", r"'deep' is a SDXL option; this MODEL is Z-Image, which takes auto \(blocks\) or blocks"),
     ("sd3", "last_block", r"this MODEL is SD3 \(OpenAISignatureMMDITWrapper\), which takes auto \(output\) or output"),
     ("wan21", "deep", (r"'deep' is a SDXL option; this MODEL is Wan, which takes auto \(blocks\) or blocks, "
-                       r"last_block, output")),
+                       r"blocks\+output, last_block, output")),
     ("qwen_image", "attention_mlp", r"'attention_mlp' is a FLUX option; this MODEL is Qwen-Image"),
 ])
 def test_a_granularity_the_family_lacks_is_a_clear_error(models, name, granularity, message):
