@@ -134,7 +134,8 @@ def run_checks(args, cpu: bool = False) -> int:
     logging.getLogger("fastlane").setLevel(logging.INFO)
     node = nodes.NODE_CLASS_MAPPINGS
     cuda = CpuShim() if cpu else torch.cuda
-    device = torch.device("cpu" if cpu else "cuda")
+    # torch's per-process memory fraction wants a device with an index ("cuda" alone raises ValueError)
+    device = torch.device("cpu") if cpu else torch.device("cuda", torch.cuda.current_device())
     total = cuda.get_device_properties(device).total_memory
     started = time.perf_counter()
     scheme = "int8_weight_only" if cpu else "fp8_scaled_mm"

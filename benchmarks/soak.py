@@ -231,13 +231,36 @@ class Api:
     def get(self, path: str, timeout: float = 30) -> requests.Response:
         return requests.get(f"{self.url}{path}", timeout=timeout)
 
-    def alive(self) -> bool:
-        if self.server is not None and self.server.process is not None and self.server.process.poll() is not None:
-            return False
-        try:
-            return self.get("/system_stats", timeout=10).ok
-        except requests.RequestException:
-            return False
+    def exit_code(self) -> int | None:
+        """The server's exit code once its process has ended (None: running, or not started here)."""
+        if self.server is None or self.server.process is None:
+            return None
+        return self.server.process.poll()
+
+    def alive(self, tries: int = 3) -> bool:
+        """True while the server answers; a server busy for a few seconds (loading a checkpoint, compiling) is
+        asked again ``tries`` times before it counts as gone. A process that has ended is gone at once."""
+        for attempt in range(tries):
+            if self.exit_code() is not None:
+                return False
+            try:
+                if self.get("/system_stats", timeout=10).ok:
+                    return True
+            except requests.RequestException:
+                pass
+            if attempt + 1 < tries:
+                time.sleep(2.0)
+        return False
+
+    def death(self, lines: int = 60) -> dict:
+        """What is known of a server that stopped answering: its exit code (negative: the signal that killed it)
+        and the end of its log, where a Python traceback or faulthandler's dump says why."""
+        text = ""
+        if self.log_path and self.log_path.exists():
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, self.log_path.stat().st_size - 20000))
+                text = f.read().decode(errors="replace")
+        return {"exit_code": self.exit_code(), "log_tail": text.splitlines()[-lines:]}
 
     def rss_mb(self) -> float | None:
         if self.pid is None:
@@ -487,6 +510,10 @@ def run_soak(api: Api, config: SoakConfig, log=print) -> SoakResult:
                 """Record a prompt the server did not answer; True when the server is gone (the soak stops)."""
                 record.update(outcome=outcome, error=error)
                 alive = api.alive()
+                if not alive:
+                    record["death"] = api.death()
+                    log(f"server gone at prompt {record['index']}: exit code {record['death']['exit_code']}; "
+                        "its log ends:\n  " + "\n  ".join(record["death"]["log_tail"][-25:]))
                 _finish(api, record, result, out_file, t0, log, config, mix)
                 return not alive
 
@@ -653,6 +680,7 @@ def summarize(records: list[dict], config: SoakConfig, alive: bool, seconds: flo
         "bad_sent": sum(r["kind"] == "bad" for r in records),
         "failed": failed,
         "server_alive": alive,
+        "server_death": next((r["death"] for r in records if r.get("death")), None),
         "hash_checks": len(repeats),
         "hash_checks_resampled": sum(r.get("sampler_recomputed", False) for r in repeats),
         "repeats_bit_identical": sum(r["hash_match"] for r in repeats),
@@ -676,7 +704,9 @@ def summarize(records: list[dict], config: SoakConfig, alive: bool, seconds: flo
     }
     failures = []
     if not alive:
-        failures.append("server died")
+        death = summary["server_death"] or {}
+        failures.append(f"server died (exit code {death.get('exit_code')}; the summary's server_death holds the "
+                        "end of its log)")
     wanted = config.prompts if config.min_prompts is None else config.min_prompts
     if len(records) < wanted:
         failures.append(f"only {len(records)} of {wanted} prompts were sent")
@@ -715,7 +745,9 @@ def format_summary(s: dict) -> str:
          f"(of {s['interrupt_sent']} interrupts sent), rejected {s['rejected']} (of {s['bad_sent']} malformed), "
          f"failed {len(s['failed'])}" + (f", cut by the time budget {s['cut_by_time_budget']}"
                                            if s.get("cut_by_time_budget") else "")),
-        f"server alive: {s['server_alive']}",
+        f"server alive: {s['server_alive']}" + (
+            f" (died: exit code {s['server_death'].get('exit_code')}; log ends: "
+            + " | ".join(s['server_death'].get('log_tail', [])[-8:]) + ")" if s.get("server_death") else ""),
         (f"RSS MB first {fmt(s['rss_mb_first'])}, last {fmt(s['rss_mb_last'])}, max {fmt(s['rss_mb_max'])}, "
          f"slope {s['rss_slope_mb_per_100']} MB/100 prompts after {s['rss_warmup_prompts']} warm-up prompts"),
         (f"VRAM MB first {fmt(s['vram_mb_first'])}, last {fmt(s['vram_mb_last'])}, max {fmt(s.get('vram_mb_max'))}, "

@@ -370,7 +370,8 @@ def real_server_class():
             cmd = super().command()
             if not self.cpu:
                 cmd.remove("--cpu")
-            return [cmd[0], str(Path(__file__).resolve()), "serve", *cmd[1:]]
+            # faulthandler: a crash in native code (CUDA, a kernel) still leaves a Python stack in the log
+            return [cmd[0], "-X", "faulthandler", str(Path(__file__).resolve()), "serve", *cmd[1:]]
 
         def start(self):
             models = self.base_dir / "models"

@@ -146,6 +146,33 @@ def test_summary_tells_bit_identical_repeats_from_ones_within_a_tolerance(tmp_pa
         assert "bit-identical 1" in text and "floors" in text and "#11 vs #2" in text
 
 
+def test_a_server_that_dies_is_reported_with_its_exit_code_and_the_end_of_its_log(tmp_path):
+    """A crashed server (here: a process that kills itself with SIGSEGV after a faulthandler-style line) is gone at
+    once, whatever HTTP says; the soak's record and summary carry its exit code and log tail, so a GPU run that
+    loses its server says why in the files it sends back."""
+    import signal
+    import time
+    from types import SimpleNamespace
+
+    log_path = tmp_path / "comfyui.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-c", "import os, signal; print('Fatal Python error: "
+                                    "Segmentation fault', flush=True); os.kill(os.getpid(), signal.SIGSEGV)"],
+                                   stdout=log, stderr=subprocess.STDOUT)
+        process.wait(30)
+    api = soak.Api("http://127.0.0.1:9", server=SimpleNamespace(process=process, log_path=log_path))
+    started = time.monotonic()
+    assert not api.alive() and time.monotonic() - started < 1.0  # no HTTP retries for an ended process
+    death = api.death()
+    assert death["exit_code"] == -signal.SIGSEGV and "Segmentation fault" in death["log_tail"][-1]
+    records = [{"index": 0, "kind": "run", "outcome": "ok", "rss_mb": 1.0},
+               {"index": 1, "kind": "run", "outcome": "lost", "error": "gone", "death": death}]
+    s = soak.summarize(records, soak.SoakConfig(prompts=2, warmup=0), False, 1.0, soak_real.RealMix())
+    assert s["server_death"]["exit_code"] == -signal.SIGSEGV
+    assert any("server died (exit code -11" in f for f in s["failures"]), s["failures"]
+    assert "Segmentation fault" in soak.format_summary(s)
+
+
 def test_oom_check_says_it_needs_cuda_and_exits_0():
     done = subprocess.run([sys.executable, str(PACK_DIR / "benchmarks" / "oom_check.py")], capture_output=True,
                           text=True, timeout=120, check=False)
