@@ -60,7 +60,7 @@ def make_diffusion_model_wrapper(adapter):
             if call.compute and cache.features:
                 call.store("out", out)
             elif cache.blend_output:
-                out = torch.lerp(out, call.forecast("out").to(out.dtype), 0.5)
+                out = torch.lerp(out, call.forecast("out").to(out.dtype), cache.blend_weight)
         cache.end_call(call, x, out)
         return out
 

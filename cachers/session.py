@@ -147,6 +147,8 @@ class StepCache:
         # "blocks+output": the adapter caches at "blocks", and a skipped call's output is blended with a forecast
         # of the whole output (BLEND_SUFFIX); adapters only ever see the block granularity
         self.granularity, self.blend_output = split_blend(granularity)
+        # the share of the whole-output forecast in a blended skipped call (0.5: the mean of the two forecasts)
+        self.blend_weight = 0.5
         self.label = label
         self.time_fn: Callable[[float], float] | None = None  # set per run by the glue (the model's sigma -> t)
         self.run: CacheRun | None = None
@@ -169,6 +171,7 @@ class StepCache:
 
     def fresh(self, time_fn: Callable[[float], float] | None = None) -> "StepCache":
         cache = StepCache(self.make_policy, self.forecast, self.option, self.label)
+        cache.blend_weight = self.blend_weight
         cache.time_fn = time_fn
         return cache
 

@@ -64,7 +64,7 @@ def _sigma(args, kwargs) -> float:
 
 class SpaceLoop(ClosedLoop):
     def psnr_in(self, cache: StepCache, space: str) -> list[float]:
-        if space in ("v", "blocks", "blend"):
+        if space in ("v", "blocks") or space.startswith("blend"):
             return self.psnr(cache)
         conversion = Conversion(space)
         outer = self.base.clone()
@@ -86,7 +86,9 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--fractions", default="0.2,0.3,0.4")
     p.add_argument("--orders", default="1,2")
-    p.add_argument("--spaces", default="blocks,v,x0,eps", help="blocks, v (output), x0, eps, blend (blocks+output: the mean of blocks and v)")
+    p.add_argument("--spaces", default="blocks,v,x0,eps",
+                   help="blocks, v (output), x0, eps, blend (blocks+output: the mean of blocks and v), blendW "
+                        "(blocks+output with the whole-output forecast's share W, e.g. blend0.7)")
     args = p.parse_args()
     bench = SpaceLoop(args.family, args.classes, args.seeds)
     print(f"# {bench.title}, Target Speed plan")
@@ -97,8 +99,11 @@ def main() -> None:
             blocks = None
             for space in args.spaces.split(","):
                 policy = partial(TargetSpeedPolicy, fraction, Window(), 1, True, 0.0)
-                granularity = {"blocks": "blocks", "blend": "blocks+output"}.get(space, "output")
+                blend = space.startswith("blend")
+                granularity = "blocks" if space == "blocks" else "blocks+output" if blend else "output"
                 cache = StepCache(policy, ForecastSpec("taylor", order=order), granularity, f"{space} {order}")
+                if blend and space != "blend":
+                    cache.blend_weight = float(space[len("blend"):])
                 scores = bench.psnr_in(cache, space)
                 blocks = scores if space == "blocks" else blocks
                 delta = "" if blocks is None or space == "blocks" else \
