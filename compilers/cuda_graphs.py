@@ -344,7 +344,11 @@ def record_cuda_graph(fn: Callable[[], Any], pool=None) -> tuple[Callable[[], No
         fn()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
+    # "thread_local": only this thread's unsafe CUDA calls break the capture. ComfyUI's server answers
+    # /system_stats (torch.cuda.memory_stats) on another thread while a prompt samples; under torch's default
+    # "global" mode such a poll invalidated the recording, and the freed capture memory then aborted the process
+    # under ComfyUI's cudaMallocAsync allocator (the soak on an H100, 2026-12-07). Inductor's CUDA graphs do the same.
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
         output = fn()
     return graph.replay, output
 

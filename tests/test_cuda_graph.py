@@ -195,3 +195,31 @@ def test_the_node_describes_itself():
     schema = NODE["FastlaneCudaGraph"].define_schema()
     assert schema.description and schema.display_name == "Fastlane CUDA Graph"
     assert all(i.tooltip for i in schema.inputs) and all(o.tooltip for o in schema.outputs)
+
+
+def test_the_recording_lets_other_threads_call_cuda(monkeypatch):
+    """ComfyUI's server thread answers /system_stats (torch.cuda.memory_stats) while the prompt thread records; the
+    capture must be thread-local so that poll cannot invalidate it (under the default "global" mode it did, and the
+    server aborted: the soak on an H100, 2026-12-07). The CUDA calls are stand-ins here; the mode is what is checked."""
+    import contextlib
+
+    from fastlane.compilers import cuda_graphs
+
+    seen = {}
+
+    @contextlib.contextmanager
+    def fake_graph(graph, pool=None, stream=None, capture_error_mode="global"):
+        seen.update(pool=pool, mode=capture_error_mode)
+        yield
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: type("G", (), {"replay": lambda self: None})())
+    monkeypatch.setattr(torch.cuda, "graph", fake_graph)
+    _, output = cuda_graphs.record_cuda_graph(lambda: torch.ones(2), pool="pool")
+    assert seen == {"pool": "pool", "mode": "thread_local"} and torch.equal(output, torch.ones(2))
