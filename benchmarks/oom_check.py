@@ -122,6 +122,7 @@ def run_checks(args, cpu: bool = False) -> int:
 
     comfy_host.load(cpu=cpu)
     bench.hide_stubs()
+    import comfy.model_management
     import comfy.sample
     import models
     from fastlane.compilers import cuda_graphs, engine
@@ -134,8 +135,8 @@ def run_checks(args, cpu: bool = False) -> int:
     logging.getLogger("fastlane").setLevel(logging.INFO)
     node = nodes.NODE_CLASS_MAPPINGS
     cuda = CpuShim() if cpu else torch.cuda
-    # torch's per-process memory fraction wants a device with an index ("cuda" alone raises ValueError)
-    device = torch.device("cpu") if cpu else torch.device("cuda", torch.cuda.current_device())
+    # ComfyUI's device carries an index, which torch's per-process memory fraction needs ("cuda" alone raises)
+    device = comfy.model_management.get_torch_device()
     total = cuda.get_device_properties(device).total_memory
     started = time.perf_counter()
     scheme = "int8_weight_only" if cpu else "fp8_scaled_mm"

@@ -24,8 +24,6 @@ def simulate(vram_gb: float, device) -> dict[str, Any]:
 
     if device.type != "cuda":
         raise SystemExit("--vram-gb simulates a smaller CUDA card; it needs the GPU (not --cpu)")
-    if device.index is None:  # torch's per-process fraction raises ValueError for a device without an index
-        device = torch.device("cuda", torch.cuda.current_device())
     total = torch.cuda.get_device_properties(device).total_memory
     card = int(vram_gb * 1e9)
     if card >= total:

@@ -139,7 +139,7 @@ class StepCache:
     and what to cache (granularity, interpreted by the model family's adapter)."""
 
     def __init__(self, make_policy: Callable[[], Policy], forecast: ForecastSpec | int, granularity: str,
-                 label: str) -> None:
+                 label: str, blend_weight: float = 0.5) -> None:
         make_policy()  # validates the policy's parameters now, at node time, not mid-sampling
         self.make_policy = make_policy
         # a plain int is a Taylor order (validated by the spec)
@@ -148,7 +148,7 @@ class StepCache:
         # of the whole output (BLEND_SUFFIX); adapters only ever see the block granularity
         self.granularity, self.blend_output = split_blend(granularity)
         # the share of the whole-output forecast in a blended skipped call (0.5: the mean of the two forecasts)
-        self.blend_weight = 0.5
+        self.blend_weight = blend_weight
         self.label = label
         self.time_fn: Callable[[float], float] | None = None  # set per run by the glue (the model's sigma -> t)
         self.run: CacheRun | None = None
@@ -170,8 +170,7 @@ class StepCache:
         return ("out",) if self.granularity == "output" or self.blend_output else ()
 
     def fresh(self, time_fn: Callable[[float], float] | None = None) -> "StepCache":
-        cache = StepCache(self.make_policy, self.forecast, self.option, self.label)
-        cache.blend_weight = self.blend_weight
+        cache = StepCache(self.make_policy, self.forecast, self.option, self.label, self.blend_weight)
         cache.time_fn = time_fn
         return cache
 

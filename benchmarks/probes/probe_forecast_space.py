@@ -101,9 +101,9 @@ def main() -> None:
                 policy = partial(TargetSpeedPolicy, fraction, Window(), 1, True, 0.0)
                 blend = space.startswith("blend")
                 granularity = "blocks" if space == "blocks" else "blocks+output" if blend else "output"
-                cache = StepCache(policy, ForecastSpec("taylor", order=order), granularity, f"{space} {order}")
-                if blend and space != "blend":
-                    cache.blend_weight = float(space[len("blend"):])
+                weight = float(space[len("blend"):] or 0.5) if blend else 0.5
+                cache = StepCache(policy, ForecastSpec("taylor", order=order), granularity, f"{space} {order}",
+                                  blend_weight=weight)
                 scores = bench.psnr_in(cache, space)
                 blocks = scores if space == "blocks" else blocks
                 delta = "" if blocks is None or space == "blocks" else \
