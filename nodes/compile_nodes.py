@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..compilers import attention, cuda_graphs, engine
+from dataclasses import replace
+
+from ..compilers import allocator, attention, cuda_graphs, engine
 
 CATEGORY = "fastlane/speed"
 
@@ -39,7 +41,8 @@ class FastlaneCompile(io.ComfyNode):
                                        "benchmarks matmul/conv kernels while compiling (minutes; on FLUX on an "
                                        "H100/H200 no faster than default, and over 8 min with fp8). "
                                        "reduce-overhead / max-autotune add CUDA graphs (GPU only; graphs with inputs "
-                                       "mutated in place are skipped by torch)."),
+                                       "mutated in place are skipped by torch; they need ComfyUI started with "
+                                       "--disable-cuda-malloc, else they compile without graphs, logged)."),
                 io.Combo.Input("dynamic", options=list(engine.DYNAMIC), default="auto",
                                tooltip="auto: text length dynamic from the start (a new prompt never recompiles), "
                                        "image size and batch static (fastest kernels; each new resolution or batch "
@@ -69,9 +72,13 @@ class FastlaneCompile(io.ComfyNode):
         spec = engine.CompileSpec(scope=scope, backend=backend, mode=mode, dynamic=dynamic, fullgraph=fullgraph)
         spec.validate()
         device = getattr(model, "load_device", None)
-        if mode in ("reduce-overhead", "max-autotune") and getattr(device, "type", "cuda") != "cuda":
+        if mode in allocator.GRAPH_MODES and getattr(device, "type", "cuda") != "cuda":
             raise ValueError(f"mode '{mode}' uses CUDA graphs, and this model runs on {device}: use mode 'default' "
                              "or 'max-autotune-no-cudagraphs'")
+        blocked = allocator.graphs_blocked(f"Compile's mode '{mode}'") if mode in allocator.GRAPH_MODES else None
+        if blocked:
+            spec = replace(spec, mode=allocator.GRAPH_MODES[mode])
+            allocator.warn_once(f"{blocked}; compiling with mode '{spec.mode}' (the same kernels, no CUDA graphs)")
         if cache_dir and cache_dir.strip():
             engine.set_cache_dir(cache_dir.strip())
         patched, _ = engine.attach(model, spec)
@@ -127,7 +134,9 @@ class FastlaneCudaGraph(io.ComfyNode):
                         "before Fastlane Compile 'regional' it replays the compiled blocks, close to a whole-model "
                         "compile's speed without its minutes of compiling at each new size. Fastlane caches "
                         "decide outside the graph; calls with ComfyUI patches, ControlNet or lowvram loading run "
-                        "without a graph (logged). NVIDIA GPUs only. The input MODEL is unchanged.",
+                        "without a graph (logged). NVIDIA GPUs only, with ComfyUI started with "
+                        "--disable-cuda-malloc (under its default cudaMallocAsync allocator recordings fail: the node "
+                        "then passes the MODEL through and says so). The input MODEL is unchanged.",
             inputs=[io.Model.Input("model", tooltip="The MODEL whose calls to record (FLUX or an SDXL/SD1.x UNet; "
                                                     "on an NVIDIA GPU).")],
             outputs=[io.Model.Output(tooltip="The model, recorded at the second call of each new size or batch "
@@ -142,6 +151,10 @@ class FastlaneCudaGraph(io.ComfyNode):
         if getattr(device, "type", None) != "cuda":
             raise ValueError(f"Fastlane CUDA Graph records NVIDIA CUDA graphs, and this model runs on {device}: "
                              "bypass this node (Ctrl+B) on this machine")
+        blocked = allocator.graphs_blocked("Fastlane CUDA Graph")
+        if blocked:
+            allocator.warn_once(f"{blocked}; the MODEL passes through without CUDA graphs")
+            return io.NodeOutput(model)
         patched, _ = cuda_graphs.attach(model)
         return io.NodeOutput(patched)
 

@@ -344,3 +344,29 @@ def test_first_compile_advances_a_progress_bar_per_block_kind(flux):
         comfy.utils.set_progress_bar_global_hook(previous)
     assert first == [(1, 2), (2, 2)]  # DoubleStreamBlock, SingleStreamBlock
     assert seen == first
+
+
+def on_gpu(model):
+    """A clone that says it loads on an NVIDIA GPU (what the nodes check before anything CUDA-graph related)."""
+    clone = model.clone()
+    clone.load_device = torch.device("cuda", 0)
+    return clone
+
+
+@pytest.mark.parametrize("mode, without_graphs", [("reduce-overhead", "default"),
+                                                  ("max-autotune", "max-autotune-no-cudagraphs")])
+def test_graph_modes_under_comfyuis_async_allocator_compile_without_graphs_and_say_how_to_get_them(
+        flux, monkeypatch, caplog, mode, without_graphs):
+    from fastlane.compilers import allocator, engine
+
+    monkeypatch.setattr(allocator, "_warned", set())
+    model = on_gpu(flux)
+    monkeypatch.setattr(torch.cuda.memory, "get_allocator_backend", lambda: "native")
+    assert engine.compiler_of(compiled(model, backend="inductor", mode=mode)).spec.mode == mode
+    monkeypatch.setattr(torch.cuda.memory, "get_allocator_backend", lambda: "cudaMallocAsync")
+    with caplog.at_level(logging.WARNING, logger="fastlane"):
+        out = compiled(model, backend="inductor", mode=mode)
+        compiled(model, backend="inductor", mode=mode)
+    assert engine.compiler_of(out).spec.mode == without_graphs
+    warnings = [r.getMessage() for r in caplog.records if "--disable-cuda-malloc" in r.getMessage()]
+    assert len(warnings) == 1 and f"mode '{without_graphs}'" in warnings[0]  # once per process, not per prompt

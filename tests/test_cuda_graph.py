@@ -223,3 +223,20 @@ def test_the_recording_lets_other_threads_call_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "graph", fake_graph)
     _, output = cuda_graphs.record_cuda_graph(lambda: torch.ones(2), pool="pool")
     assert seen == {"pool": "pool", "mode": "thread_local"} and torch.equal(output, torch.ones(2))
+
+
+def test_under_comfyuis_async_allocator_the_node_passes_the_model_through_and_says_how_to_record(
+        sdxl, monkeypatch, caplog):
+    from fastlane.compilers import allocator, cuda_graphs
+
+    monkeypatch.setattr(allocator, "_warned", set())
+    model = sdxl.clone()
+    model.load_device = torch.device("cuda", 0)
+    wrappers = repr(model.wrappers)
+    monkeypatch.setattr(torch.cuda.memory, "get_allocator_backend", lambda: "native")
+    assert cuda_graphs.recorder_of(NODE["FastlaneCudaGraph"].execute(model=model).result[0]) is not None
+    monkeypatch.setattr(torch.cuda.memory, "get_allocator_backend", lambda: "cudaMallocAsync")
+    with caplog.at_level(logging.WARNING, logger="fastlane"):
+        out = NODE["FastlaneCudaGraph"].execute(model=model).result[0]
+    assert out is model and repr(model.wrappers) == wrappers and cuda_graphs.recorder_of(out) is None
+    assert "--disable-cuda-malloc" in caplog.text and "passes through" in caplog.text
