@@ -235,7 +235,8 @@ RECORDED_TEXT = ("→ **Compile** regional (each block kind compiled once, ~40 s
                  "the computed steps and the cached (shallow) steps are each recorded once as a CUDA graph and "
                  "replayed, which removes the CPU's kernel launches that bound an SDXL step. A new image size costs "
                  "a short recompile of the blocks and a recording, not a whole-model compile. NVIDIA GPUs only "
-                 "(bypass Compile and CUDA Graph elsewhere); queue it twice.")
+                 "(bypass Compile and CUDA Graph elsewhere), with ComfyUI started with `--disable-cuda-malloc` "
+                 "(under its default allocator CUDA Graph passes the model through, logged); queue it twice.")
 
 
 def _sdxl_recorded(interval: int, tier: str, what: str) -> Workflow:
