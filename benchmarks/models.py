@@ -207,8 +207,12 @@ def random_init_(module: torch.nn.Module, std: float = 0.02, seed: int = 0) -> d
     return counts
 
 
-def _materialise(diffusion_model: torch.nn.Module, device: torch.device, dtype: torch.dtype, seed: int) -> dict[str, int]:
-    if dtype != torch.float8_e4m3fn:  # fp8 as ComfyUI's fp8 weight_dtype builds it: each parameter keeps its dtype
+def _materialise(diffusion_model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None,
+                 seed: int) -> dict[str, int]:
+    """Random weights on ``device``; ``dtype`` casts every parameter first (diffusers builds in float32), None keeps
+    the dtypes the model was built with (ComfyUI's: its ops take the inference dtype, and a few layers stay float32
+    on purpose, e.g. Wan's patch embedding, which a real checkpoint's load keeps float32 too)."""
+    if dtype is not None:
         diffusion_model.to(dtype=dtype)  # on meta: free
     diffusion_model.to_empty(device=device)
     counts = random_init_(diffusion_model, seed=seed)
@@ -294,7 +298,7 @@ def build_model(family: str, tiny: bool = False, device: torch.device | str | No
     # storage straight where it will run. The rest of BaseModel (model_sampling, SDXL's embedder) is tiny and built on
     # the CPU exactly as ComfyUI builds it; ComfyUI moves it with the model when it loads it.
     model = model_config.get_model({}, "", device=torch.device("meta"))
-    counts = _materialise(model.diffusion_model, device, torch.float8_e4m3fn if fp8_weights else spec.dtype, seed)
+    counts = _materialise(model.diffusion_model, device, None, seed)  # built in its dtypes by set_inference_dtype
     model.to(device)
     model.device = device
     model.eval()
