@@ -19,7 +19,8 @@
 # Settings (environment, all optional):
 #   TOTAL (590)  seconds the whole script may take      PROMPTS (220) prompts planned (the time budget stops earlier)
 #   MIN_PROMPTS (100) fewer sent is a failure           T_OOM (150) the OOM stage's limit
-#   SKIP_OOM=1   soak only                              FAMILIES (flux,sdxl)    MAX_SIZE (1024)
+#   SKIP_OOM=1   soak only                              FAMILIES (flux,sdxl; weighted: flux:1,sdxl:3 sends a
+#                quarter of the prompts to FLUX, whose prompts take 6-25 s against SDXL's 2-4 s)    MAX_SIZE (1024)
 #   STEPS_RANGE (8,14)   COMPILE_SHAPES (512x1: each more shape costs FLUX ~10-25 s and SDXL ~25-40 s of compiling
 #   per quantization; "512x1,512x2" shows a batch change compiling once)   MODELS (/tmp/fastlane-soak-models)
 #   SEED (0)   OOM_SIZE (512)
@@ -71,7 +72,7 @@ say "setup done"
 MODELS=${MODELS:-/tmp/fastlane-soak-models}
 FAMILIES=${FAMILIES:-flux,sdxl}
 say "stage write (background): model files for $FAMILIES under $MODELS"
-( timeout -k 10 300 python3 benchmarks/soak_real.py write-models "$MODELS" --families "$FAMILIES" \
+( timeout -k 10 300 python3 benchmarks/soak_real.py write-models "$MODELS" --families "$(echo "$FAMILIES" | sed 's/:[0-9.]*//g')" \
     > "$OUT/soak/write.txt" 2>&1; echo "exit code $?" >> "$OUT/soak/write.txt" ) &
 writer=$!
 

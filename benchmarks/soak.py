@@ -798,7 +798,9 @@ def main(argv: list[str] | None = None) -> int:
     real.add_argument("--models-dir", type=Path, default=None,
                       help="where the random-weight files are (written there first unless present; default: a "
                            "temporary folder, deleted afterwards)")
-    real.add_argument("--families", default="flux,sdxl")
+    real.add_argument("--families", default="flux,sdxl",
+                      help="families, each optionally weighted: flux:1,sdxl:3 sends a quarter of the prompts to FLUX "
+                           "(unweighted: every shipped workflow alike)")
     real.add_argument("--max-size", type=int, default=1024)
     real.add_argument("--steps-range", default="8,14", help="LOW,HIGH sampling steps of --real prompts")
     real.add_argument("--compile-shapes", default="512x1,512x2",
@@ -816,9 +818,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.real:
         import soak_real
         low, high = (int(x) for x in args.steps_range.split(","))
+        families, family_weights = soak_real.parse_families(args.families)
         mix = soak_real.RealMix(max_size=args.max_size, steps_range=(low, high),
                                 compile_shapes=soak_real.parse_shapes(args.compile_shapes),
-                                families=tuple(args.families.split(",")))
+                                families=families, family_weights=family_weights)
     config = SoakConfig(prompts=args.prompts, seed=args.seed, steps=args.steps, interrupt_every=args.interrupt_every,
                         bad_every=args.bad_every, repeat_every=args.repeat_every, warmup=args.warmup,
                         max_rss_slope_mb=args.max_rss_slope_mb or (200.0 if args.real else 25.0), out=args.out,
@@ -841,7 +844,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.real:
             import soak_real
             models_dir = args.models_dir or base / "models-real"  # a temporary one goes with the base directory
-            soak_real.write_models_subprocess(models_dir, args.families.split(","), cpu=args.server_cpu)
+            soak_real.write_models_subprocess(models_dir, list(families), cpu=args.server_cpu)
             import shlex
             server = soak_real.RealServer(base, models_dir, cpu=args.server_cpu,
                                           extra_args=("--disable-api-nodes", *shlex.split(args.server_args)))

@@ -62,6 +62,22 @@ def load_workflow(name: str) -> dict:
     return json.loads((WORKFLOWS / f"fastlane-{name}.api.json").read_text())
 
 
+def parse_families(text: str) -> tuple[tuple[str, ...], dict[str, float] | None]:
+    """``"flux,sdxl"`` -> (("flux", "sdxl"), None); ``"flux:1,sdxl:3"`` -> the same families and their weights (a
+    quarter of the prompts FLUX): fewer of the slow FLUX prompts fit more prompts in one device call."""
+    names, weights = [], {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, weight = part.partition(":")
+        if name not in FAMILIES:
+            raise ValueError(f"unknown family {name!r} in {text!r}: one of {', '.join(FAMILIES)}")
+        names.append(name)
+        if weight:
+            weights[name] = float(weight)
+            if weights[name] <= 0:
+                raise ValueError(f"family weight must be > 0, not {weight!r} in {text!r}")
+    return tuple(names), (weights or None)
+
+
 def parse_shapes(text: str) -> list[tuple[int, int]]:
     """``"512x1,768x1"`` -> [(512, 1), (768, 1)]: (square size, batch)."""
     shapes = []
@@ -82,6 +98,7 @@ class RealMix:
     compile_share: float = 0.5  # of the prompts whose workflow compiles, how many keep compiling
     workflows: tuple[str, ...] = WORKFLOW_NAMES
     families: tuple[str, ...] = FAMILIES
+    family_weights: dict[str, float] | None = None  # share of prompts per family; None: each workflow alike
     save_node: str = SAVE_NODE
     sampler_node: str = SAMPLER_NODE
     bad_kinds: tuple[str, ...] = BAD_KINDS
@@ -97,7 +114,12 @@ class RealMix:
     # -- one prompt --------------------------------------------------------------------------------------------
     def random_spec(self, rng: random.Random, long: bool = False) -> dict:
         """``long``: an interrupted prompt, sampled long enough for the interrupt to land while it samples."""
-        workflow = rng.choice(self.workflows)
+        if self.family_weights is None:
+            workflow = rng.choice(self.workflows)
+        else:  # a family's weight spread over its workflows
+            counts = {f: sum(w.split("-")[0] == f for w in self.workflows) for f in self.families}
+            workflow = rng.choices(self.workflows, weights=[
+                self.family_weights.get(w.split("-")[0], 1.0) / counts[w.split("-")[0]] for w in self.workflows])[0]
         family = workflow.split("-")[0]
         shipped = self._workflows[workflow]
         classes = {n["class_type"] for n in shipped.values()}

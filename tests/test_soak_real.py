@@ -65,6 +65,23 @@ def test_real_prompts_pass_comfyuis_validation_but_for_the_missing_model_files(g
     assert all(low <= s["steps"] <= high for i, s in enumerate(specs) if i % 10 != 9)
 
 
+def test_family_weights_set_each_familys_share_of_prompts():
+    assert soak_real.parse_families("flux,sdxl") == (("flux", "sdxl"), None)
+    families, weights = soak_real.parse_families("flux:1,sdxl:3")
+    assert families == ("flux", "sdxl") and weights == {"flux": 1.0, "sdxl": 3.0}
+    for bad in ("flux:0,sdxl", "wan,sdxl"):
+        with pytest.raises(ValueError, match="family"):
+            soak_real.parse_families(bad)
+    rng = random.Random(3)
+    weighted = soak_real.RealMix(families=families, family_weights=weights)
+    share = sum(weighted.random_spec(rng)["family"] == "flux" for _ in range(2000)) / 2000
+    assert 0.21 < share < 0.29  # a quarter
+    plain = soak_real.RealMix()
+    share = sum(plain.random_spec(rng)["family"] == "flux" for _ in range(2000)) / 2000
+    flux_workflows = sum(w.startswith("flux") for w in plain.workflows) / len(plain.workflows)
+    assert abs(share - flux_workflows) < 0.04  # unweighted: every workflow alike
+
+
 def test_mix_options_bound_sizes_steps_and_compiled_shapes():
     mix = soak_real.RealMix(max_size=512, steps_range=(3, 4), compile_shapes=soak_real.parse_shapes("512x1,768x2"),
                             families=("sdxl",))
