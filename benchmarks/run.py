@@ -385,6 +385,21 @@ class Bench:
                                    seed=self.args.seed)
 
 
+def _compare_repeat(res: dict[str, Any], cold: Any, out: Any) -> None:
+    """Whether a warm run returned the cold run's output bit for bit (same seed and inputs: a row whose runs differ
+    carries state between runs, or its kernels are not deterministic): ``repeats_identical`` and
+    ``repeat_max_abs_diff`` over the warm runs so far."""
+    import torch
+
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    if not isinstance(cold, torch.Tensor) or not isinstance(out, torch.Tensor) or out.shape != cold.shape:
+        return
+    same = bool(torch.equal(out, cold))
+    diff = 0.0 if same else float((out.float() - cold.float()).abs().max())
+    res["repeats_identical"] = res.get("repeats_identical", True) and same
+    res["repeat_max_abs_diff"] = max(res.get("repeat_max_abs_diff", 0.0), diff)
+
+
 def _finish_stats(res: dict[str, Any], warm_ms: list[list[float]], warm_s: list[float], steps: int,
                   full_steps: int | None = None) -> None:
     """Warm-run statistics. ``steps``: the steps the row ran; ``full_steps``: the run's --steps. A row without a step
@@ -517,9 +532,11 @@ def run_row(bench: Bench, r: Row, budget: float) -> dict[str, Any]:
             res["cold_calls"] = len(cold_ms)
             res["cold_call_ms"] = cold_ms
             first = out[0] if isinstance(out, (tuple, list)) else out
+            cold_out = None
             if isinstance(first, torch.Tensor):
                 res["output_finite"] = bool(torch.isfinite(first.float()).all())
                 res["output_std"] = round(float(first.float().std()), 4)
+                cold_out = first.detach().clone()  # the warm runs are compared with it: same seed, same inputs
             del out, first
             res["dynamo_after_cold"] = dynamo_counts()
             if res["dynamo_after_cold"] and res["dynamo_after_cold"].get("graphs"):
@@ -539,9 +556,11 @@ def run_row(bench: Bench, r: Row, budget: float) -> dict[str, Any]:
                     break
                 timer.reset()
                 t = time.perf_counter()
-                one_run()
+                out = one_run()
                 sync(device)
                 warm_s.append(time.perf_counter() - t)
+                _compare_repeat(res, cold_out, out)
+                del out
                 warm_ms.append(timer.collect_ms())
                 log(f"row {r.name}: warm {i + 1}/{args.repeats}: {warm_s[-1]:.3f} s, "
                     f"median {(_median(warm_ms[-1]) or float('nan')):.1f} ms/call over {len(warm_ms[-1])} calls")
@@ -573,7 +592,7 @@ def run_row(bench: Bench, r: Row, budget: float) -> dict[str, Any]:
     if bench.catcher and bench.catcher.cache_lines:
         res["cache_log"] = list(bench.catcher.cache_lines)
     own = _own_model_ref(bench, patched)
-    model = patched = call = one_run = timer = None  # drop the row's references before freeing memory
+    model = patched = call = one_run = timer = cold_out = None  # drop the row's references before freeing memory
     free_memory(device)
     if own is not None and own() is not None:
         gc.collect()
@@ -765,6 +784,8 @@ def markdown(results: dict[str, Any]) -> str:
         bits += r.get("warnings", [])
         if r.get("output_finite") is False:
             bits.append("OUTPUT NOT FINITE")
+        if r.get("repeats_identical") is False:
+            bits.append(f"warm runs differ from the cold run (max abs diff {r['repeat_max_abs_diff']:.3g})")
         if bits:
             notes.append(f"- **{r['row']}**: " + " · ".join(bits))
     if notes:

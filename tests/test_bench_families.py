@@ -64,6 +64,7 @@ def test_every_row_timed_none_failed(results, family):
         assert r["status"] == "ok", f"{family}/{name}: {r['status']}\n{r.get('traceback', '')}"
         assert r["sampling_s"] > 0 and r["ms_per_step"] > 0 and r["calls_per_run"] >= 1
         assert r["output_finite"], f"{family}/{name}: non-finite output"
+        assert r["repeats_identical"] is True, f"{family}/{name}: the warm run differs from the cold one"
     assert rows["eager"]["speedup_vs_eager"] == pytest.approx(1.0)
     # rows that build a model of their own (the quantized copy, the native fp8 model) free it after the row
     for name in ("int8dyn", "native_fp8"):
