@@ -414,6 +414,7 @@ class ImageFamily:
     fraction: float  # Target Speed compute_fraction
     order: int  # Target Speed's Taylor order: the closer one on the family's demo model (docs/FIDELITY.md)
     about: str
+    speed: str = UNMEASURED  # what a GPU measured of this chain (docs/BENCHMARKS.md), else UNMEASURED
 
     def files_text(self) -> str:
         return _files_text(("diffusion_models", self.unet), ("text_encoders", self.clip), ("vae", self.vae))
@@ -427,7 +428,11 @@ QWEN_IMAGE = ImageFamily(
     "1328², 20 steps, CFG 4, shift 3.5, as ComfyUI's Qwen-Image template. Quantize's few_row_linears `auto` stores "
     "the modulation weights (`img_mod`/`txt_mod`: a third of Qwen-Image's 20 B parameters) in fp8 too; their "
     "inputs stay 16-bit. Target Speed 0.35: the model runs on 7 of 20 steps; Taylor order 1, which kept the Qwen-Image demo model "
-    "3 dB closer than order 2 at 0.3-0.4 computed. Compile regional: one block graph.")
+    "3 dB closer than order 2 at 0.3-0.4 computed. Compile regional: one block graph.",
+    "Speed (one H100 80GB, Qwen-Image's real 20 B architecture with random weights, this size, steps and CFG; "
+    "docs/BENCHMARKS.md, run s14-3): eager 11.65 s per image; the same chain at Target Speed 0.3 (6 computed steps, "
+    "order 2) 2.31 s, 5.05x, after a 15.6 s first run. This workflow's 0.35 runs 7 steps: about 2.7 s by the "
+    "measured 371 ms per computed step (an estimate, not a run). The `-compare` workflow measures it on your GPU.")
 Z_IMAGE = ImageFamily(
     "z-image", "Z-Image Turbo", "z_image_turbo_bf16.safetensors", "qwen_3_4b.safetensors", "lumina2",
     "ae.safetensors", 3.0, 1024,
@@ -435,7 +440,10 @@ Z_IMAGE = ImageFamily(
     None, 0.4, 2,
     "1024², 8 steps of res_multistep at CFG 1, shift 3, as ComfyUI's Z-Image Turbo template. Target Speed 0.4: "
     "the model runs on 3 of the 8 steps (the turbo model leaves few steps to skip: check the image in the compare "
-    "workflow). Compile regional: two block graphs (refiner and main blocks); the modulation Linears stay 16-bit.")
+    "workflow). Compile regional: two block graphs (refiner and main blocks); the modulation Linears stay 16-bit.",
+    "Speed (one H100 80GB, Z-Image's real 6 B architecture with random weights, 1024², 8 steps; docs/BENCHMARKS.md, "
+    "run s12-3): eager 0.98 s per image; the same chain at Target Speed 0.5 (4 of 8 steps) 0.34 s, 2.86x. This "
+    "workflow's 0.4 (3 of 8 steps) is not measured on a GPU; the `-compare` workflow measures it on yours.")
 
 
 def _image_family(family: ImageFamily, accelerate: Callable, title: str, note: str, name: str) -> Workflow:
@@ -467,7 +475,7 @@ def _image_fastest(family: ImageFamily) -> Workflow:
                          f"## {family.title}, fastest\n\n**Quantize fp8_scaled_mm** (an Ada, Hopper or Blackwell "
                          f"GPU) → **Target Speed Cache {family.fraction}** (order {family.order}) → **Compile** regional (compiled on the first "
                          f"run; queue again for the warm speed).\n\n{family.about}\n\n{family.files_text()}\n\n"
-                         f"{UNMEASURED}", f"fastlane-{family.key}-fastest")
+                         f"{family.speed}", f"fastlane-{family.key}-fastest")
 
 
 def _image_compare(family: ImageFamily) -> Workflow:
