@@ -72,7 +72,7 @@ say "setup done"
 MODELS=${MODELS:-/tmp/fastlane-soak-models}
 FAMILIES=${FAMILIES:-flux,sdxl}
 say "stage write (background): model files for $FAMILIES under $MODELS"
-( timeout -k 10 300 python3 benchmarks/soak_real.py write-models "$MODELS" --families "$(echo "$FAMILIES" | sed 's/:[0-9.]*//g')" \
+( timeout -k 10 300 python3 benchmarks/soak_real.py write-models "$MODELS" --families "$FAMILIES" \
     > "$OUT/soak/write.txt" 2>&1; echo "exit code $?" >> "$OUT/soak/write.txt" ) &
 writer=$!
 

@@ -26,6 +26,7 @@ import json
 import random
 import re
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,9 +104,15 @@ class RealMix:
     sampler_node: str = SAMPLER_NODE
     bad_kinds: tuple[str, ...] = BAD_KINDS
     _workflows: dict[str, dict] = field(default_factory=dict, repr=False)
+    _workflow_weights: list[float] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.workflows = tuple(w for w in self.workflows if w.split("-")[0] in self.families)
+        self._workflow_weights = None  # None: every workflow alike; else a family's weight spread over its workflows
+        if self.family_weights is not None:
+            per_family = Counter(w.split("-")[0] for w in self.workflows)
+            self._workflow_weights = [self.family_weights.get(w.split("-")[0], 1.0) / per_family[w.split("-")[0]]
+                                      for w in self.workflows]
         self._workflows = {w: load_workflow(w) for w in self.workflows}
         sizes = [s for s in SIZES if s <= self.max_size] or [min(SIZES)]
         self.size_weights = {s: self.size_weights.get(s, 0.1) for s in sizes}
@@ -114,12 +121,10 @@ class RealMix:
     # -- one prompt --------------------------------------------------------------------------------------------
     def random_spec(self, rng: random.Random, long: bool = False) -> dict:
         """``long``: an interrupted prompt, sampled long enough for the interrupt to land while it samples."""
-        if self.family_weights is None:
+        if self._workflow_weights is None:
             workflow = rng.choice(self.workflows)
-        else:  # a family's weight spread over its workflows
-            counts = {f: sum(w.split("-")[0] == f for w in self.workflows) for f in self.families}
-            workflow = rng.choices(self.workflows, weights=[
-                self.family_weights.get(w.split("-")[0], 1.0) / counts[w.split("-")[0]] for w in self.workflows])[0]
+        else:
+            workflow = rng.choices(self.workflows, weights=self._workflow_weights)[0]
         family = workflow.split("-")[0]
         shipped = self._workflows[workflow]
         classes = {n["class_type"] for n in shipped.values()}
@@ -451,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--cpu", action="store_true")
     sub.add_parser("serve", help="serve main.py ARGS...: ComfyUI's main.py with stand-ins and no frontend")
     args = p.parse_args(argv)
-    print(json.dumps(write_models(args.models_dir, [f for f in args.families.split(",") if f], args.cpu), indent=1))
+    print(json.dumps(write_models(args.models_dir, list(parse_families(args.families)[0]), args.cpu), indent=1))
     return 0
 
 

@@ -20,14 +20,10 @@ log = logging.getLogger("fastlane")
 _warned: set[str] = set()
 
 
-def allocator_backend() -> str:
-    """``native`` or ``cudaMallocAsync``: fixed for the process by ``PYTORCH_CUDA_ALLOC_CONF`` at torch's start."""
-    return torch.cuda.memory.get_allocator_backend()
-
-
 def graphs_blocked(what: str) -> str | None:
     """Why ``what`` (a node or a mode that records CUDA graphs) cannot record them in this process, or None."""
-    if allocator_backend() != ASYNC_BACKEND:
+    # fixed for the process by PYTORCH_CUDA_ALLOC_CONF when torch starts
+    if torch.cuda.memory.get_allocator_backend() != ASYNC_BACKEND:
         return None
     return (f"{what} needs PyTorch's native CUDA allocator, and ComfyUI runs {ASYNC_BACKEND} (its default on NVIDIA "
             "GPUs), under which recording CUDA graphs fails and can abort the server: start ComfyUI with "

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 
 from ..faults import FREE_VRAM, first_line, is_oom, run_without
-from . import families, regions
+from . import allocator, families, regions
 from .call_wrappers import COMPILE_FN_KEY, COMPILE_KEY, CUDA_GRAPH_KEY, RunNotes, install_call_wrappers, wrapper_owner
 from .progress import FirstCompileProgress
 
@@ -408,7 +408,7 @@ def attach(model, spec: CompileSpec):
 def check_stacks_with_cuda_graph(spec: CompileSpec) -> None:
     """Fastlane Compile settings that already record graphs, or compile the whole model, do not stack with Fastlane
     CUDA Graph (either order): ValueError saying which to use."""
-    if spec.mode in ("reduce-overhead", "max-autotune"):
+    if spec.mode in allocator.GRAPH_MODES:
         raise ValueError(f"Fastlane Compile's mode '{spec.mode}' records CUDA graphs itself: use one of the two "
                          "(mode 'default' with this node, or that mode without it)")
     if spec.scope == "whole":

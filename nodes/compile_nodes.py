@@ -1,9 +1,9 @@
 """The torch.compile node: MODEL in, a clone whose diffusion model runs compiled out. Mechanism: compilers/engine.py."""
 from __future__ import annotations
 
-from comfy_api.latest import io
-
 from dataclasses import replace
+
+from comfy_api.latest import io
 
 from ..compilers import allocator, attention, cuda_graphs, engine
 
