@@ -418,6 +418,7 @@ class SoakConfig:
     vram_floors: bool = False  # POST /free at the start and the end; the VRAM left is the floor
     warm_floor: bool = False  # ... and after warm-up (the next prompts load their models again: ~10-30 s on a GPU)
     max_vram_floor_growth_mb: float = 512.0  # largest allowed growth of torch's allocated floor (end vs warm/start)
+    server_args: str = ""  # the --real server's extra ComfyUI arguments (e.g. --deterministic), kept in the summary
     fail_on_recompile: bool = True
 
     def warmup_prompts(self) -> int:
@@ -808,7 +809,9 @@ def main(argv: list[str] | None = None) -> int:
     real.add_argument("--server-cpu", action="store_true", help="the --real server on the CPU (a smoke run)")
     real.add_argument("--server-args", default="",
                       help="more ComfyUI arguments for the --real server, with =: --server-args=--disable-cuda-malloc (ComfyUI's "
-                           "default on an H100 is torch's cudaMallocAsync allocator) or \"--highvram\"")
+                           "default on an H100 is torch's cudaMallocAsync allocator), --server-args=--deterministic (ComfyUI's "
+                           "deterministic kernels: tells GPU numerics from state leaking between prompts when a "
+                           "repeat differs) or \"--highvram\"")
     real.add_argument("--no-vram-floors", action="store_true", help="skip POST /free at the start and the end")
     real.add_argument("--warm-floor", action="store_true", help="POST /free after the warm-up prompts too")
     real.add_argument("--max-vram-floor-growth-mb", type=float, default=512.0)
@@ -830,7 +833,7 @@ def main(argv: list[str] | None = None) -> int:
                         vram_floors=args.real and not args.no_vram_floors, warm_floor=args.warm_floor,
                         max_vram_floor_growth_mb=args.max_vram_floor_growth_mb,
                         fail_on_recompile=not args.allow_recompiles,
-                        prompt_timeout=300.0)
+                        prompt_timeout=300.0, server_args=args.server_args if args.real else "")
     if args.url:
         url = args.url.rstrip("/")
         if not url.startswith(("http://127.0.0.1", "http://localhost")):
