@@ -104,11 +104,11 @@ class RealMix:
     sampler_node: str = SAMPLER_NODE
     bad_kinds: tuple[str, ...] = BAD_KINDS
     _workflows: dict[str, dict] = field(default_factory=dict, repr=False)
-    _workflow_weights: list[float] | None = field(default=None, repr=False)
+    # derived from family_weights: a family's weight spread over its workflows; None: every workflow alike
+    _workflow_weights: list[float] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.workflows = tuple(w for w in self.workflows if w.split("-")[0] in self.families)
-        self._workflow_weights = None  # None: every workflow alike; else a family's weight spread over its workflows
         if self.family_weights is not None:
             per_family = Counter(w.split("-")[0] for w in self.workflows)
             self._workflow_weights = [self.family_weights.get(w.split("-")[0], 1.0) / per_family[w.split("-")[0]]
