@@ -26,7 +26,10 @@ sampler, cacher, compile, LoRA strength), a server on the GPU, and per prompt al
 compilations and CUDA-graph recordings the server logged (a compile at a graph and shape compiled before is an
 unexpected recompile: a goal), and VRAM floors (``POST /free``, then what torch still holds) at the start and the
 end. A repeat whose pixels differ is reported with its largest difference; ``--repeat-tolerance`` (8-bit levels)
-sets what passes. ``--end-by`` / ``--time-budget`` stop sending prompts in time; ``--min-prompts`` is then the goal.
+sets what passes, and the prompt is repeated once more after another prompt (a follow-up, which also counts as a
+repeat): its pixels equal to the first run's mean a one-off, equal to the differing repeat's mean state kept between
+prompts, unlike both mean GPU kernels that vary run to run. ``--end-by`` / ``--time-budget`` stop sending prompts in
+time; ``--min-prompts`` is then the goal.
 """
 from __future__ import annotations
 
@@ -419,6 +422,7 @@ class SoakConfig:
     warm_floor: bool = False  # ... and after warm-up (the next prompts load their models again: ~10-30 s on a GPU)
     max_vram_floor_growth_mb: float = 512.0  # largest allowed growth of torch's allocated floor (end vs warm/start)
     server_args: str = ""  # the --real server's extra ComfyUI arguments (e.g. --deterministic), kept in the summary
+    follow_up_repeats: bool = True  # a repeat that differs is repeated once more (after another prompt): see below
     fail_on_recompile: bool = True
 
     def warmup_prompts(self) -> int:
@@ -459,11 +463,39 @@ def plan(config: SoakConfig) -> list[str]:
     return kinds
 
 
+def follow_up_verdict(first_hash: str, differing_hash: str, follow_up_hash: str) -> str:
+    """What a second repeat of a prompt whose first repeat differed says about the cause.
+
+    ``first``: the follow-up gives the first run's pixels again, so the differing repeat was a one-off (GPU work
+    that varies between runs, or state that a prompt in between left and the next one cleared); ``repeat``: it gives
+    the differing repeat's pixels, so the server's output for this prompt changed after the first run and stayed
+    changed (state kept between prompts: a patched weight, a model loaded another way); ``neither``: every run gives
+    other pixels (GPU kernels that are not run-to-run deterministic).
+    """
+    if follow_up_hash == first_hash:
+        return "first"
+    return "repeat" if follow_up_hash == differing_hash else "neither"
+
+
+FOLLOW_UP_WORDS = {"first": "the first run's pixels again", "repeat": "the differing repeat's pixels again",
+                   "neither": "pixels unlike both"}
+
+
+def last_executed_key(records: list[dict]) -> str | None:
+    """The prompt ComfyUI executed last (a malformed prompt is rejected before it runs and changes no cache): a
+    verbatim repeat of it would be answered from ComfyUI's output cache without sampling again."""
+    for record in reversed(records):
+        if record["kind"] != "bad":
+            return record.get("key")
+    return None
+
+
 def run_soak(api: Api, config: SoakConfig, log=print) -> SoakResult:
     mix = config.mix or DemoMix(config.steps)
     rng = random.Random(config.seed)
     result = SoakResult()
     firsts: dict[str, dict] = {}  # canonical prompt json -> {"hash", "index", "prompt", "spec", "images"}
+    follow_ups: list[dict] = []  # repeats that differed, waiting for their follow-up: {"key", "index", "hash"}
     out_file = None
     if config.out is not None:
         config.out.mkdir(parents=True, exist_ok=True)
@@ -484,9 +516,18 @@ def run_soak(api: Api, config: SoakConfig, log=print) -> SoakResult:
             spec = mix.random_spec(rng, long=kind == "interrupt")
             prompt = fill_defaults(mix.build(spec, rng), object_info)
             record: dict[str, Any] = {"index": index, "kind": kind}
-            if kind == "repeat":
+            last = last_executed_key(result.records)
+            waiting = next((f for f in follow_ups if f["key"] != last), None) if kind == "run" else None
+            if waiting is not None:
+                # the follow-up of a repeat that differed: the same prompt once more, after another prompt ran
+                follow_ups.remove(waiting)
+                kind = record["kind"] = "repeat"
+                prompt = copy.deepcopy(firsts[waiting["key"]]["prompt"])
+                spec = firsts[waiting["key"]]["spec"]
+                record.update(repeat_of=firsts[waiting["key"]]["index"], follow_up_of=waiting["index"],
+                              differing_hash=waiting["hash"])
+            elif kind == "repeat":
                 # an earlier completed prompt, verbatim, but not the last one (that would be served from the cache)
-                last = result.records[-1].get("key") if result.records else None
                 candidates = [k for k in firsts if k != last]
                 if candidates:
                     key = rng.choice(candidates)
@@ -586,6 +627,10 @@ def run_soak(api: Api, config: SoakConfig, log=print) -> SoakResult:
                     record["hash_match"] = h == first["hash"]
                     if not record["hash_match"]:
                         record["pixel_diff"] = pixel_diff(first["images"], images)
+                    if "follow_up_of" in record:
+                        record["follow_up"] = follow_up_verdict(first["hash"], record["differing_hash"], h)
+                    elif not record["hash_match"] and config.follow_up_repeats:
+                        follow_ups.append({"key": key, "index": index, "hash": h})
             else:
                 record["outcome"] = "failed"
                 errors = [m[1] for m in status.get("messages", []) if m[0] == "execution_error"]
@@ -658,8 +703,13 @@ def summarize(records: list[dict], config: SoakConfig, alive: bool, seconds: flo
     rss = [r["rss_mb"] for r in records if r.get("rss_mb") is not None]
     vram = [r["vram_mb"] for r in records if r.get("vram_mb") is not None]
     repeats = [r for r in records if "hash_match" in r]
+    follow_up = {r["follow_up_of"]: r for r in repeats if "follow_up_of" in r}
     differing = [{"index": r["index"], "repeat_of": r.get("repeat_of"), "pixel_diff": r.get("pixel_diff"),
-                  "hash": r["hash"], "first_hash": r["first_hash"]} for r in repeats if not r["hash_match"]]
+                  "hash": r["hash"], "first_hash": r["first_hash"],
+                  **({"follow_up_of": r["follow_up_of"]} if "follow_up_of" in r else {}),
+                  **({"follow_up": {"index": follow_up[r["index"]]["index"],
+                                    "gives": follow_up[r["index"]]["follow_up"]}} if r["index"] in follow_up else {})}
+                 for r in repeats if not r["hash_match"]]
     mismatches = [d for d in differing if (d["pixel_diff"] or {}).get("max", 255) > config.repeat_tolerance]
     not_rejected = [r["index"] for r in records if r.get("outcome") == "not_rejected"]
     failed = [{"index": r["index"], "outcome": r.get("outcome"), "error": r.get("error", "")[:500]}
@@ -688,6 +738,8 @@ def summarize(records: list[dict], config: SoakConfig, alive: bool, seconds: flo
         "repeats_within_tolerance": len(differing) - len(mismatches),
         "repeat_tolerance": config.repeat_tolerance,
         "repeats_differing": differing,
+        "follow_ups": [{"index": r["index"], "follow_up_of": r["follow_up_of"], "gives": r["follow_up"]}
+                       for r in repeats if "follow_up" in r],
         "hash_mismatches": mismatches,
         "rss_mb_first": rss[0] if rss else None,
         "rss_mb_last": rss[-1] if rss else None,
@@ -757,7 +809,10 @@ def format_summary(s: dict) -> str:
         (f"deterministic repeats checked {s['hash_checks']} ({s['hash_checks_resampled']} sampled again): "
          f"bit-identical {s.get('repeats_bit_identical')}, within {s.get('repeat_tolerance')} levels "
          f"{s.get('repeats_within_tolerance')}, mismatching {len(s['hash_mismatches'])}"
-         + "".join(f"; #{d['index']} vs #{d['repeat_of']}: {d['pixel_diff']}" for d in s.get("repeats_differing", []))),
+         + "".join(f"; #{d['index']} vs #{d['repeat_of']}: {d['pixel_diff']}"
+                   + (f" (follow-up #{d['follow_up']['index']}: {FOLLOW_UP_WORDS[d['follow_up']['gives']]})"
+                      if d.get("follow_up") else "")
+                   for d in s.get("repeats_differing", []))),
         (f"compiles: {compile_.get('graphs_per_key_shape') or 'none'}, {compile_.get('compile_s', 0)} s; "
          f"unexpected recompiles {len(compile_.get('unexpected', []))} {compile_.get('unexpected') or ''}"),
         *([f"OOM lines in the server log: {s['oom_lines']}"] if s.get("oom_lines") else []),
@@ -794,6 +849,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-prompts", type=int, default=None, help="with --time-budget: fewer sent is a failure")
     p.add_argument("--repeat-tolerance", type=int, default=0,
                    help="largest pixel difference (8-bit levels) a repeated prompt may show (0: bit-identical)")
+    p.add_argument("--no-follow-up-repeats", dest="follow_up_repeats", action="store_false",
+                   help="do not repeat a differing repeat once more (the follow-up tells a one-off from state kept "
+                        "between prompts and from kernels that vary run to run)")
     real = p.add_argument_group("--real: the shipped FLUX/SDXL workflows, real architectures, random weights, GPU")
     real.add_argument("--real", action="store_true")
     real.add_argument("--models-dir", type=Path, default=None,
@@ -829,6 +887,7 @@ def main(argv: list[str] | None = None) -> int:
                         bad_every=args.bad_every, repeat_every=args.repeat_every, warmup=args.warmup,
                         max_rss_slope_mb=args.max_rss_slope_mb or (200.0 if args.real else 25.0), out=args.out,
                         clear_history=args.clear_history, mix=mix, repeat_tolerance=args.repeat_tolerance,
+                        follow_up_repeats=args.follow_up_repeats,
                         time_budget=args.time_budget, min_prompts=args.min_prompts,
                         vram_floors=args.real and not args.no_vram_floors, warm_floor=args.warm_floor,
                         max_vram_floor_growth_mb=args.max_vram_floor_growth_mb,

@@ -163,6 +163,29 @@ def test_summary_tells_bit_identical_repeats_from_ones_within_a_tolerance(tmp_pa
         assert "bit-identical 1" in text and "floors" in text and "#11 vs #2" in text
 
 
+def test_a_differing_repeat_gets_a_follow_up_whose_pixels_name_the_cause():
+    """The follow-up of a differing repeat says which of three causes it was, and the summary carries it; a repeat
+    never follows the prompt ComfyUI executed last (a rejected malformed prompt does not count: it runs nothing)."""
+    assert soak.follow_up_verdict("first", "second", "first") == "first"
+    assert soak.follow_up_verdict("first", "second", "second") == "repeat"
+    assert soak.follow_up_verdict("first", "second", "third") == "neither"
+    executed = [{"kind": "run", "key": "a"}, {"kind": "repeat", "key": "b"}, {"kind": "bad", "key": "c"}]
+    assert soak.last_executed_key(executed) == "b" and soak.last_executed_key([]) is None
+
+    records = [{"index": i, "kind": "run", "outcome": "ok", "rss_mb": 1000.0, "vram_mb": 20000.0} for i in range(14)]
+    records[11].update(kind="repeat", repeat_of=2, hash="b", first_hash="c", hash_match=False, sampler_recomputed=True,
+                       pixel_diff={"max": 9, "mean": 0.6})
+    records[13].update(kind="repeat", repeat_of=2, follow_up_of=11, differing_hash="b", follow_up="repeat", hash="b",
+                       first_hash="c", hash_match=False, sampler_recomputed=True, pixel_diff={"max": 9, "mean": 0.6})
+    s = soak.summarize(records, soak.SoakConfig(prompts=14, warmup=2, max_rss_slope_mb=1000), True, 1.0,
+                       soak_real.RealMix())
+    assert s["follow_ups"] == [{"index": 13, "follow_up_of": 11, "gives": "repeat"}]
+    assert s["repeats_differing"][0]["follow_up"] == {"index": 13, "gives": "repeat"}
+    assert [m["index"] for m in s["hash_mismatches"]] == [11, 13]
+    assert "#11 vs #2: {'max': 9, 'mean': 0.6} (follow-up #13: the differing repeat's pixels again)" in \
+        soak.format_summary(s)
+
+
 def test_a_server_that_dies_is_reported_with_its_exit_code_and_the_end_of_its_log(tmp_path):
     """A crashed server (here: a process that kills itself with SIGSEGV after a faulthandler-style line) is gone at
     once, whatever HTTP says; the soak's record and summary carry its exit code and log tail, so a GPU run that
