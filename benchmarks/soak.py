@@ -12,11 +12,13 @@ node, compute_fraction 0, a missing input, ...) and must be answered with HTTP 4
 blame); every ``--repeat-every``-th prompt repeats an earlier completed prompt verbatim, whose saved image must be
 bit-identical (decoded pixels) to the first run's.
 
-After each prompt it records the server's RSS (psutil on the server PID) and, where CUDA exists, the VRAM in use from
+After each prompt it records the server's RSS (psutil on the server PID) and the part of it no file backs (``anon``:
+RSS less shared, file-backed pages such as mapped model files), and, where CUDA exists, the VRAM in use from
 /system_stats, and writes one JSON line to ``OUT/prompts.jsonl``; at the end ``OUT/summary.json`` and a printed
 summary. Exit status 1 when a goal fails: the server died, a malformed prompt was not rejected, a valid prompt failed,
-a repeated prompt's output differed from its first run, or the RSS slope after warm-up (least-squares line over
-prompts) exceeds ``--max-rss-slope-mb`` per 100 prompts.
+a repeated prompt's output differed from its first run, or the host memory slope after warm-up (least-squares line
+over prompts of anon memory, per model family when the mix has several, the steepest counting) exceeds
+``--max-rss-slope-mb`` per 100 prompts.
 
     .venv/bin/python benchmarks/soak.py --prompts 500 --out out/soak
 
@@ -274,6 +276,20 @@ class Api:
         except psutil.Error:
             return None
 
+    def anon_mb(self) -> float | None:
+        """The server's resident memory that no file backs (RSS less its shared, file-backed pages; Linux): what a
+        leak grows. The rest of RSS is pages of mapped model files, which the kernel may drop and map again, so it
+        follows which model files were read last rather than what the process keeps."""
+        if self.pid is None:
+            return None
+        import psutil
+        try:
+            info = psutil.Process(self.pid).memory_info()
+        except psutil.Error:
+            return None
+        shared = getattr(info, "shared", None)
+        return (info.rss - shared) / 2**20 if shared is not None else None
+
     def vram(self) -> dict:
         """The first CUDA device per /system_stats, MB: ``vram_mb`` in use on the device (vram_total - vram_free:
         every process, torch's cached blocks not counted), ``torch_allocated_mb`` (torch_vram_total - torch_vram_free:
@@ -306,7 +322,7 @@ class Api:
             if now.get("torch_allocated_mb") == last.get("torch_allocated_mb"):
                 break
             last = now
-        return {**last, "rss_mb": self.rss_mb()}
+        return {**last, "rss_mb": self.rss_mb(), "anon_mb": self.anon_mb()}
 
     def running(self, prompt_id: str) -> bool:
         try:
@@ -660,6 +676,7 @@ def _finish(api: Api, record: dict, result: SoakResult, out_file, t0: float, log
         except requests.RequestException:
             pass
     record["rss_mb"] = api.rss_mb()
+    record["anon_mb"] = api.anon_mb()
     vram = api.vram()
     record["vram_mb"] = vram.get("vram_mb")
     if vram:
@@ -695,10 +712,24 @@ def summarize(records: list[dict], config: SoakConfig, alive: bool, seconds: flo
     count = lambda outcome: sum(r.get("outcome") == outcome for r in records)  # noqa: E731
     warm = config.warmup_prompts()
 
-    def slope_of(name: str) -> float | None:
-        pts = [(r["index"], r[name]) for r in records if r["index"] >= warm and r.get(name) is not None]
+    def slope_of(name: str, family: str | None = None) -> float | None:
+        pts = [(r["index"], r[name]) for r in records if r["index"] >= warm and r.get(name) is not None
+               and (family is None or (r.get("spec") or {}).get("family") == family)]
         slope = linear_slope([p[0] for p in pts], [p[1] for p in pts])
         return round(slope * 100, 2) if slope is not None else None
+
+    # host memory after a prompt depends on which models it loaded: with several families, each one's prompts get
+    # their own line, and the goal is the steepest of them
+    families = sorted({(r.get("spec") or {}).get("family") for r in records} - {None})
+    by_family = {f: {"prompts": sum((r.get("spec") or {}).get("family") == f and r["index"] >= warm for r in records),
+                     "rss": slope_of("rss_mb", f), "anon": slope_of("anon_mb", f)} for f in families}
+    memory_name = "anon" if any(r.get("anon_mb") is not None for r in records) else "rss"
+    if len(families) > 1 and any(v[memory_name] is not None for v in by_family.values()):
+        goal_family = max((f for f in families if by_family[f][memory_name] is not None),
+                          key=lambda f: by_family[f][memory_name])
+        goal_slope, goal_basis = by_family[goal_family][memory_name], f"{memory_name}, {goal_family} prompts"
+    else:
+        goal_slope, goal_basis = slope_of(f"{memory_name}_mb"), f"{memory_name}, all prompts"
 
     rss = [r["rss_mb"] for r in records if r.get("rss_mb") is not None]
     vram = [r["vram_mb"] for r in records if r.get("vram_mb") is not None]
@@ -746,6 +777,12 @@ def summarize(records: list[dict], config: SoakConfig, alive: bool, seconds: flo
         "rss_mb_max": max(rss) if rss else None,
         "rss_warmup_prompts": warm,
         "rss_slope_mb_per_100": slope_of("rss_mb"),
+        "anon_mb_first": next((r["anon_mb"] for r in records if r.get("anon_mb") is not None), None),
+        "anon_mb_last": next((r["anon_mb"] for r in reversed(records) if r.get("anon_mb") is not None), None),
+        "anon_slope_mb_per_100": slope_of("anon_mb"),
+        "memory_slopes_by_family": by_family,
+        "memory_goal_slope_mb_per_100": goal_slope,
+        "memory_goal_basis": goal_basis,
         "vram_mb_first": vram[0] if vram else None,
         "vram_mb_last": vram[-1] if vram else None,
         "vram_mb_max": max(vram) if vram else None,
@@ -770,9 +807,8 @@ def summarize(records: list[dict], config: SoakConfig, alive: bool, seconds: flo
     if mismatches:
         failures.append(f"repeated prompts whose output differs from the first run by more than "
                         f"{config.repeat_tolerance} levels: {[m['index'] for m in mismatches]}")
-    slope = summary["rss_slope_mb_per_100"]
-    if slope is not None and slope > config.max_rss_slope_mb:
-        failures.append(f"RSS slope {slope:.1f} MB/100 prompts > {config.max_rss_slope_mb}")
+    if goal_slope is not None and goal_slope > config.max_rss_slope_mb:
+        failures.append(f"host memory slope {goal_slope:.1f} MB/100 prompts ({goal_basis}) > {config.max_rss_slope_mb}")
     if compiles["unexpected"] and config.fail_on_recompile:
         failures.append(f"recompiled at a shape already compiled: prompts {[u['index'] for u in compiles['unexpected']]}")
     since = "warm" if floors and "warm" in floors else "start"
@@ -802,7 +838,12 @@ def format_summary(s: dict) -> str:
             f" (died: exit code {s['server_death'].get('exit_code')}; log ends: "
             + " | ".join(s['server_death'].get('log_tail', [])[-8:]) + ")" if s.get("server_death") else ""),
         (f"RSS MB first {fmt(s['rss_mb_first'])}, last {fmt(s['rss_mb_last'])}, max {fmt(s['rss_mb_max'])}, "
-         f"slope {s['rss_slope_mb_per_100']} MB/100 prompts after {s['rss_warmup_prompts']} warm-up prompts"),
+         f"slope {s['rss_slope_mb_per_100']} MB/100 prompts after {s['rss_warmup_prompts']} warm-up prompts; "
+         f"not file-backed (anon) MB first {fmt(s.get('anon_mb_first'))}, last {fmt(s.get('anon_mb_last'))}, "
+         f"slope {s.get('anon_slope_mb_per_100')}"
+         + "".join(f"; {f} prompts ({v['prompts']}): RSS {v['rss']}, anon {v['anon']}"
+                   for f, v in (s.get("memory_slopes_by_family") or {}).items())
+         + f"; goal slope {s.get('memory_goal_slope_mb_per_100')} ({s.get('memory_goal_basis')})"),
         (f"VRAM MB first {fmt(s['vram_mb_first'])}, last {fmt(s['vram_mb_last'])}, max {fmt(s.get('vram_mb_max'))}, "
          f"slope {s.get('vram_slope_mb_per_100')} MB/100 (torch allocated: {s.get('torch_allocated_slope_mb_per_100')})"
          + (f"; floors with every model unloaded, torch allocated/device used MB: {floor_text}" if floors else "")),
@@ -828,7 +869,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20, help="sampling steps of every demo prompt")
     p.add_argument("--out", type=Path, default=None, help="directory for prompts.jsonl and summary.json")
     p.add_argument("--max-rss-slope-mb", type=float, default=None,
-                   help="largest allowed RSS growth, MB per 100 prompts after warm-up (linear fit; 25, --real 200)")
+                   help="largest allowed host memory growth, MB per 100 prompts after warm-up (linear fit of the "
+                        "memory no file backs, per model family, the steepest; 25, --real 200)")
     p.add_argument("--warmup", type=int, default=None, help="prompts left out of the RSS fit (max(10, N/5))")
     p.add_argument("--interrupt-every", type=int, default=10)
     p.add_argument("--bad-every", type=int, default=9)

@@ -186,6 +186,32 @@ def test_a_differing_repeat_gets_a_follow_up_whose_pixels_name_the_cause():
         soak.format_summary(s)
 
 
+def test_host_memory_goal_is_the_steepest_family_line_of_memory_no_file_backs():
+    """s14-2's pattern: RSS after an SDXL prompt and after a FLUX prompt sit on two levels (which model files were
+    read last), so one line through all prompts says little. Each family gets its own line; the goal takes the
+    steepest line of anonymous memory (RSS less file-backed pages), so mapped files coming and going do not count
+    and a leak in one family's prompts does."""
+    records = []
+    for i in range(40):
+        family = "flux" if i % 3 == 0 else "sdxl"
+        rss = (30000.0 if family == "flux" else 9000.0) + (i % 5) * 400.0  # file pages: level by family, noise
+        anon = 2000.0 + (50.0 * i if family == "sdxl" else 0.0)  # sdxl's prompts leak 50 MB each
+        records.append({"index": i, "kind": "run", "outcome": "ok", "rss_mb": rss, "anon_mb": anon,
+                        "spec": {"family": family}})
+    s = soak.summarize(records, soak.SoakConfig(prompts=40, warmup=5, max_rss_slope_mb=200), True, 1.0,
+                       soak_real.RealMix())
+    assert s["memory_slopes_by_family"]["flux"]["anon"] == 0.0
+    assert s["memory_slopes_by_family"]["sdxl"]["anon"] == 5000.0
+    assert s["memory_goal_basis"] == "anon, sdxl prompts" and s["memory_goal_slope_mb_per_100"] == 5000.0
+    assert any("host memory slope 5000.0" in f for f in s["failures"]), s["failures"]
+    for r in records:  # no leak: anonymous memory flat, file-backed RSS as noisy as before
+        r["anon_mb"] = 2000.0
+    s = soak.summarize(records, soak.SoakConfig(prompts=40, warmup=5, max_rss_slope_mb=200), True, 1.0,
+                       soak_real.RealMix())
+    assert s["memory_goal_slope_mb_per_100"] == 0.0 and not s["failures"], s["failures"]
+    assert "sdxl prompts (" in soak.format_summary(s)
+
+
 def test_a_server_that_dies_is_reported_with_its_exit_code_and_the_end_of_its_log(tmp_path):
     """A crashed server (here: a process that kills itself with SIGSEGV after a faulthandler-style line) is gone at
     once, whatever HTTP says; the soak's record and summary carry its exit code and log tail, so a GPU run that
