@@ -6,7 +6,10 @@ among the custom nodes) or attaches to a running one (``--url``, ``--pid``), and
 (``POST /prompt``, ``GET /history/<id>``, ``GET /queue``, ``POST /interrupt``, ``GET /system_stats``) with N prompts
 built from the pack's CPU-runnable demo graphs: a seeded random mix of model family (flux, flux-proxy, sdxl),
 resolution (96/128/160), batch (1/2), sampler (euler, heun, dpmpp_2m), step cacher (none, FORA, TaylorSeer, Target
-Speed with a varying compute fraction, Spectrum Cache, Adaptive, ComfyUI's own EasyCache). Every ``--interrupt-every``
+Speed with a varying compute fraction, Spectrum Cache, Adaptive, ComfyUI's own EasyCache), LoRA strength (ComfyUI's
+LoraLoaderModelOnly with a random LoRA per demo family, written into the server's loras folder), Fastlane Quantize
+(int8 weight-only / dynamic) and Fastlane Compile on or off (at 128x128 batch 1; a compile at a family and
+quantization already compiled at that shape is an unexpected recompile: a goal). Every ``--interrupt-every``
 -th prompt gets ``POST /interrupt`` shortly after it starts; every ``--bad-every``-th prompt is malformed (unknown
 node, compute_fraction 0, a missing input, ...) and must be answered with HTTP 400 (+ node_errors where a node is to
 blame); every ``--repeat-every``-th prompt repeats an earlier completed prompt verbatim, whose saved image must be
@@ -51,7 +54,8 @@ from typing import Any
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+PACK_DIR = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PACK_DIR / "tests"))
 from comfy_server import ComfyServer  # noqa: E402  (tests/comfy_server.py: the server the tests start)
 
 FAMILIES = ("flux", "flux-proxy", "sdxl")
@@ -67,6 +71,32 @@ SUBJECTS = {
 }
 BAD_KINDS = ("unknown_node", "compute_fraction_0", "missing_input", "bad_sampler", "dangling_link")
 SAVE_NODE = "9"
+LORA_STRENGTHS = (None, None, 1.0, 0.8, 0.5)  # None: no LoRA node
+QUANTIZE_SCHEMES = (None, None, None, "int8_weight_only", "int8_dynamic")  # None: no Quantize node
+DEMO_LORA_TARGETS = {"flux": ("fastlane-demo-flux", "flux"), "flux-proxy": ("fastlane-proxy-flux", "flux"),
+                     "sdxl": ("fastlane-demo-sdxl", "sdxl")}  # family -> (demo weights file, LoRA targets)
+COMPILE_INPUTS = {"scope": "regional", "backend": "inductor", "mode": "default", "dynamic": "auto",
+                  "fullgraph": False, "cache_dir": ""}
+
+
+def demo_lora_name(family: str) -> str:
+    return f"fastlane-soak-demo-{family}.safetensors"
+
+
+def write_demo_loras(lora_dir: Path) -> list[str]:
+    """A random LoRA (``workflow_lora.py``: rank 16 on the attention projections, ComfyUI's generic keys) for each
+    demo family under ``lora_dir`` (a server's ``models/loras``), named ``demo_lora_name(family)``."""
+    import workflow_lora
+
+    weights = PACK_DIR / "demo" / "weights"
+    names = []
+    for family, (stem, targets) in DEMO_LORA_TARGETS.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            workflow_lora.write_random_lora(weights / f"{stem}.safetensors", targets, Path(tmp))
+            lora_dir.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(Path(tmp) / workflow_lora.LORA_NAME), str(lora_dir / demo_lora_name(family)))
+        names.append(demo_lora_name(family))
+    return names
 
 
 # -- the prompts ------------------------------------------------------------------------------------------------------
@@ -101,7 +131,8 @@ def cacher_node(name: str, model_ref: list, rng: random.Random) -> dict | None:
 
 
 def build_prompt(spec: dict, rng: random.Random) -> dict:
-    """The demo graph (loader -> [cacher] -> KSampler -> decode -> SaveImage) for one ``spec``."""
+    """The demo graph (loader -> [LoRA] -> [Quantize] -> [cacher] -> [Compile] -> KSampler -> decode -> SaveImage)
+    for one ``spec``."""
     family, size, batch = spec["family"], spec["size"], spec["batch"]
     sdxl = family == "sdxl"
     positive = {"family": family, "subject": "none", "text": spec["subject"]}
@@ -116,10 +147,21 @@ def build_prompt(spec: dict, rng: random.Random) -> dict:
     else:
         graph["3"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["2", 0]}}
     model_ref = ["1", 0]
+    if spec.get("lora") is not None:
+        graph["30"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
+            "model": model_ref, "lora_name": demo_lora_name(family), "strength_model": spec["lora"]}}
+        model_ref = ["30", 0]
+    if spec.get("quantize"):
+        graph["31"] = {"class_type": "FastlaneQuantize", "inputs": {"model": model_ref, "scheme": spec["quantize"],
+                                                                      "filter": "none", "few_row_linears": "auto"}}
+        model_ref = ["31", 0]
     cacher = cacher_node(spec["cacher"], model_ref, rng)
     if cacher is not None:
         graph["5"] = cacher
         model_ref = ["5", 0]
+    if spec.get("compile"):
+        graph["33"] = {"class_type": "FastlaneCompile", "inputs": {"model": model_ref, **COMPILE_INPUTS}}
+        model_ref = ["33", 0]
     graph["7"] = {"class_type": "KSampler", "inputs": {
         "model": model_ref, "seed": spec["seed"], "steps": spec["steps"], "cfg": 5.0 if sdxl else 1.0,
         "sampler_name": spec["sampler"], "scheduler": "normal" if sdxl else "simple",
@@ -137,17 +179,32 @@ def random_spec(rng: random.Random, steps: int) -> dict:
 
 
 class DemoMix:
-    """The demo-model mix (the CPU soak and CI); ``soak_real.RealMix`` is the real-architecture one (``--real``)."""
+    """The demo-model mix (the CPU soak and CI); ``soak_real.RealMix`` is the real-architecture one (``--real``).
+
+    Besides family, size, batch, sampler and cacher, a prompt may put ComfyUI's ``LoraLoaderModelOnly`` (a random
+    LoRA per demo family, strengths 0.5-1.0; only where ``loras`` says the server has the files:
+    ``write_demo_loras``), Fastlane Quantize (int8 weight-only or dynamic: the schemes a CPU runs) and Fastlane
+    Compile (regional, inductor; at ``compile_shapes`` only, since each new shape compiles new graphs) in front of
+    its cacher, in the order of the shipped workflows: loader -> LoRA -> Quantize -> cacher -> Compile.
+    """
 
     bad_kinds = BAD_KINDS
     save_node = SAVE_NODE
     sampler_node = "7"
 
-    def __init__(self, steps: int = 20) -> None:
-        self.steps = steps
+    def __init__(self, steps: int = 20, loras: bool = False, compile_share: float = 0.2,
+                 compile_shapes: tuple[tuple[int, int], ...] = ((128, 1),)) -> None:
+        self.steps, self.loras = steps, loras
+        self.compile_share, self.compile_shapes = compile_share, compile_shapes
 
     def random_spec(self, rng: random.Random, long: bool = False) -> dict:
-        return random_spec(rng, self.steps * (4 if long else 1))
+        spec = random_spec(rng, self.steps * (4 if long else 1))
+        spec["lora"] = rng.choice(LORA_STRENGTHS) if self.loras else None
+        spec["quantize"] = rng.choice(QUANTIZE_SCHEMES)
+        spec["compile"] = rng.random() < self.compile_share
+        if spec["compile"]:
+            spec["size"], spec["batch"] = rng.choice(self.compile_shapes)
+        return spec
 
     def build(self, spec: dict, rng: random.Random) -> dict:
         return build_prompt(spec, rng)
@@ -157,11 +214,16 @@ class DemoMix:
 
     @staticmethod
     def describe(spec: dict) -> str:
-        return f"{spec['family']} {spec['size']}x{spec['batch']} {spec['sampler']} {spec['cacher']}"
+        extras = "".join((f" lora{spec['lora']}" if spec.get("lora") is not None else "",
+                          f" {spec['quantize']}" if spec.get("quantize") else "",
+                          " compile" if spec.get("compile") else ""))
+        return f"{spec['family']} {spec['size']}x{spec['batch']} {spec['sampler']} {spec['cacher']}{extras}"
 
     @staticmethod
     def graph_key(spec: dict) -> str:
-        return spec["family"]
+        """What one set of compiled graphs serves: the family and its quantization (a LoRA strength or a cacher
+        changes weights and calls, not the graphs)."""
+        return spec["family"] + (f"+{spec['quantize']}" if spec.get("quantize") else "") + "+compile"
 
     @staticmethod
     def shape(spec: dict) -> str:
@@ -872,6 +934,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="largest allowed host memory growth, MB per 100 prompts after warm-up (linear fit of the "
                         "memory no file backs, per model family, the steepest; 25, --real 200)")
     p.add_argument("--warmup", type=int, default=None, help="prompts left out of the RSS fit (max(10, N/5))")
+    p.add_argument("--compile-share", type=float, default=0.2,
+                   help="demo mix: share of prompts through Fastlane Compile (each at 128x128, batch 1)")
+    p.add_argument("--demo-loras-dir", type=Path, default=None,
+                   help="demo mix with --url: the server's models/loras folder; the demo LoRAs are written there and "
+                        "prompts use them (a server the soak starts gets them without this)")
     p.add_argument("--interrupt-every", type=int, default=10)
     p.add_argument("--bad-every", type=int, default=9)
     p.add_argument("--repeat-every", type=int, default=6)
@@ -918,6 +985,13 @@ def main(argv: list[str] | None = None) -> int:
     real.add_argument("--allow-recompiles", action="store_true", help="report recompiles, do not fail on them")
     args = p.parse_args(argv)
     mix = None
+    if not args.real:
+        # LoRA prompts need the files in the server's loras folder: written there for a server of our own, or into
+        # --demo-loras-dir for one at --url
+        if args.demo_loras_dir is not None:
+            write_demo_loras(args.demo_loras_dir)
+        mix = DemoMix(args.steps, loras=not args.url or args.demo_loras_dir is not None,
+                      compile_share=args.compile_share)
     if args.real:
         import soak_real
         low, high = (int(x) for x in args.steps_range.split(","))
@@ -954,6 +1028,7 @@ def main(argv: list[str] | None = None) -> int:
                                           extra_args=("--disable-api-nodes", *shlex.split(args.server_args)))
         else:
             server = ComfyServer(base)
+            write_demo_loras(server.models_dir / "loras")
         try:
             server.start()
             print(f"ComfyUI on {server.url} (pid {server.process.pid}, log {server.log_path})", flush=True)

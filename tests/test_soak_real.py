@@ -137,11 +137,15 @@ def test_log_parser_and_the_recompile_check():
         {"index": 3, "spec": base, "log": warm},  # warm: nothing
         {"index": 4, "spec": base, "log": parsed},  # same key and shape again: unexpected
         {"index": 5, "spec": None, "log": parsed},  # a malformed prompt: not counted
+        # interrupted after its first block kind compiled: the next prompt compiles the rest, as a first compile
+        {"index": 6, "spec": {**base, "size": 768}, "log": parsed, "outcome": "interrupted"},
+        {"index": 7, "spec": {**base, "size": 768}, "log": parsed, "outcome": "ok"},
+        {"index": 8, "spec": {**base, "size": 768}, "log": parsed, "outcome": "ok"},  # and then again: unexpected
     ]
     result = soak_real.recompiles(records, mix)
-    assert [u["index"] for u in result["unexpected"]] == [4]
+    assert [u["index"] for u in result["unexpected"]] == [4, 8]
     assert result["graphs_per_key_shape"]["flux+compile/regional/inductor/dynamic=auto @ 512x512x1"] == 4
-    assert result["compile_s"] == 23.4 * 5
+    assert result["compile_s"] == 23.4 * 8
 
 
 def test_summary_tells_bit_identical_repeats_from_ones_within_a_tolerance(tmp_path):
