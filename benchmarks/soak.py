@@ -57,6 +57,8 @@ import requests
 PACK_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PACK_DIR / "tests"))
 from comfy_server import ComfyServer  # noqa: E402  (tests/comfy_server.py: the server the tests start)
+# the chain the GPU mix builds, shared: its node ids, LoRA strengths and Compile settings
+from soak_real import COMPILE_ID, DEFAULT_COMPILE, LORA_ID, LORA_STRENGTHS, QUANT_ID  # noqa: E402,F401
 
 FAMILIES = ("flux", "flux-proxy", "sdxl")
 SIZES = (96, 128, 160)
@@ -71,12 +73,9 @@ SUBJECTS = {
 }
 BAD_KINDS = ("unknown_node", "compute_fraction_0", "missing_input", "bad_sampler", "dangling_link")
 SAVE_NODE = "9"
-LORA_STRENGTHS = (None, None, 1.0, 0.8, 0.5)  # None: no LoRA node
 QUANTIZE_SCHEMES = (None, None, None, "int8_weight_only", "int8_dynamic")  # None: no Quantize node
 DEMO_LORA_TARGETS = {"flux": ("fastlane-demo-flux", "flux"), "flux-proxy": ("fastlane-proxy-flux", "flux"),
                      "sdxl": ("fastlane-demo-sdxl", "sdxl")}  # family -> (demo weights file, LoRA targets)
-COMPILE_INPUTS = {"scope": "regional", "backend": "inductor", "mode": "default", "dynamic": "auto",
-                  "fullgraph": False, "cache_dir": ""}
 
 
 def demo_lora_name(family: str) -> str:
@@ -148,20 +147,20 @@ def build_prompt(spec: dict, rng: random.Random) -> dict:
         graph["3"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["2", 0]}}
     model_ref = ["1", 0]
     if spec.get("lora") is not None:
-        graph["30"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
+        graph[LORA_ID] = {"class_type": "LoraLoaderModelOnly", "inputs": {
             "model": model_ref, "lora_name": demo_lora_name(family), "strength_model": spec["lora"]}}
-        model_ref = ["30", 0]
+        model_ref = [LORA_ID, 0]
     if spec.get("quantize"):
-        graph["31"] = {"class_type": "FastlaneQuantize", "inputs": {"model": model_ref, "scheme": spec["quantize"],
-                                                                      "filter": "none", "few_row_linears": "auto"}}
-        model_ref = ["31", 0]
+        graph[QUANT_ID] = {"class_type": "FastlaneQuantize", "inputs": {
+            "model": model_ref, "scheme": spec["quantize"], "filter": "none", "few_row_linears": "auto"}}
+        model_ref = [QUANT_ID, 0]
     cacher = cacher_node(spec["cacher"], model_ref, rng)
     if cacher is not None:
         graph["5"] = cacher
         model_ref = ["5", 0]
     if spec.get("compile"):
-        graph["33"] = {"class_type": "FastlaneCompile", "inputs": {"model": model_ref, **COMPILE_INPUTS}}
-        model_ref = ["33", 0]
+        graph[COMPILE_ID] = {"class_type": "FastlaneCompile", "inputs": {"model": model_ref, **DEFAULT_COMPILE}}
+        model_ref = [COMPILE_ID, 0]
     graph["7"] = {"class_type": "KSampler", "inputs": {
         "model": model_ref, "seed": spec["seed"], "steps": spec["steps"], "cfg": 5.0 if sdxl else 1.0,
         "sampler_name": spec["sampler"], "scheduler": "normal" if sdxl else "simple",
@@ -329,28 +328,20 @@ class Api:
                 text = f.read().decode(errors="replace")
         return {"exit_code": self.exit_code(), "log_tail": text.splitlines()[-lines:]}
 
-    def rss_mb(self) -> float | None:
+    def host_memory(self) -> dict:
+        """The server's RSS and the part of it no file backs (``anon_mb``: RSS less its shared, file-backed pages;
+        Linux), MB: the second is what a leak grows; the rest of RSS is pages of mapped model files, which the kernel
+        may drop and map again, so it follows which model files were read last rather than what the process keeps.
+        None where there is no PID (or the server is gone)."""
         if self.pid is None:
-            return None
-        import psutil
-        try:
-            return psutil.Process(self.pid).memory_info().rss / 2**20
-        except psutil.Error:
-            return None
-
-    def anon_mb(self) -> float | None:
-        """The server's resident memory that no file backs (RSS less its shared, file-backed pages; Linux): what a
-        leak grows. The rest of RSS is pages of mapped model files, which the kernel may drop and map again, so it
-        follows which model files were read last rather than what the process keeps."""
-        if self.pid is None:
-            return None
+            return {"rss_mb": None, "anon_mb": None}
         import psutil
         try:
             info = psutil.Process(self.pid).memory_info()
         except psutil.Error:
-            return None
+            return {"rss_mb": None, "anon_mb": None}
         shared = getattr(info, "shared", None)
-        return (info.rss - shared) / 2**20 if shared is not None else None
+        return {"rss_mb": info.rss / 2**20, "anon_mb": (info.rss - shared) / 2**20 if shared is not None else None}
 
     def vram(self) -> dict:
         """The first CUDA device per /system_stats, MB: ``vram_mb`` in use on the device (vram_total - vram_free:
@@ -384,7 +375,7 @@ class Api:
             if now.get("torch_allocated_mb") == last.get("torch_allocated_mb"):
                 break
             last = now
-        return {**last, "rss_mb": self.rss_mb(), "anon_mb": self.anon_mb()}
+        return {**last, **self.host_memory()}
 
     def running(self, prompt_id: str) -> bool:
         try:
@@ -737,8 +728,7 @@ def _finish(api: Api, record: dict, result: SoakResult, out_file, t0: float, log
             api.post("/history", {"clear": True})
         except requests.RequestException:
             pass
-    record["rss_mb"] = api.rss_mb()
-    record["anon_mb"] = api.anon_mb()
+    record.update(api.host_memory())
     vram = api.vram()
     record["vram_mb"] = vram.get("vram_mb")
     if vram:
@@ -796,12 +786,10 @@ def summarize(records: list[dict], config: SoakConfig, alive: bool, seconds: flo
     rss = [r["rss_mb"] for r in records if r.get("rss_mb") is not None]
     vram = [r["vram_mb"] for r in records if r.get("vram_mb") is not None]
     repeats = [r for r in records if "hash_match" in r]
-    follow_up = {r["follow_up_of"]: r for r in repeats if "follow_up_of" in r}
+    # differing repeat's index -> its follow-up's index and what it gave
+    follow_ups = {r["follow_up_of"]: {"index": r["index"], "gives": r["follow_up"]} for r in repeats if "follow_up" in r}
     differing = [{"index": r["index"], "repeat_of": r.get("repeat_of"), "pixel_diff": r.get("pixel_diff"),
-                  "hash": r["hash"], "first_hash": r["first_hash"],
-                  **({"follow_up_of": r["follow_up_of"]} if "follow_up_of" in r else {}),
-                  **({"follow_up": {"index": follow_up[r["index"]]["index"],
-                                    "gives": follow_up[r["index"]]["follow_up"]}} if r["index"] in follow_up else {})}
+                  "hash": r["hash"], "first_hash": r["first_hash"], "follow_up": follow_ups.get(r["index"])}
                  for r in repeats if not r["hash_match"]]
     mismatches = [d for d in differing if (d["pixel_diff"] or {}).get("max", 255) > config.repeat_tolerance]
     not_rejected = [r["index"] for r in records if r.get("outcome") == "not_rejected"]
@@ -831,8 +819,7 @@ def summarize(records: list[dict], config: SoakConfig, alive: bool, seconds: flo
         "repeats_within_tolerance": len(differing) - len(mismatches),
         "repeat_tolerance": config.repeat_tolerance,
         "repeats_differing": differing,
-        "follow_ups": [{"index": r["index"], "follow_up_of": r["follow_up_of"], "gives": r["follow_up"]}
-                       for r in repeats if "follow_up" in r],
+        "follow_ups": [{"follow_up_of": of, **f} for of, f in follow_ups.items()],
         "hash_mismatches": mismatches,
         "rss_mb_first": rss[0] if rss else None,
         "rss_mb_last": rss[-1] if rss else None,
@@ -984,7 +971,6 @@ def main(argv: list[str] | None = None) -> int:
     real.add_argument("--max-vram-floor-growth-mb", type=float, default=512.0)
     real.add_argument("--allow-recompiles", action="store_true", help="report recompiles, do not fail on them")
     args = p.parse_args(argv)
-    mix = None
     if not args.real:
         # LoRA prompts need the files in the server's loras folder: written there for a server of our own, or into
         # --demo-loras-dir for one at --url
@@ -992,7 +978,7 @@ def main(argv: list[str] | None = None) -> int:
             write_demo_loras(args.demo_loras_dir)
         mix = DemoMix(args.steps, loras=not args.url or args.demo_loras_dir is not None,
                       compile_share=args.compile_share)
-    if args.real:
+    else:
         import soak_real
         low, high = (int(x) for x in args.steps_range.split(","))
         families, family_weights = soak_real.parse_families(args.families)
