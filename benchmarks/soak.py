@@ -550,6 +550,21 @@ FOLLOW_UP_WORDS = {"first": "the first run's pixels again", "repeat": "the diffe
                    "neither": "pixels unlike both"}
 
 
+def after_model_switch(records: list[dict], index: int) -> bool:
+    """Prompt ``index`` came straight after an executed prompt of another model family (malformed prompts, which
+    run nothing, skipped): ComfyUI had loaded the other family's models in between.
+
+    Why the soak tells this apart: on the lent H100 (s14-2 and s17-1, 16 repeats) every SDXL repeat whose first run or
+    repeat came straight after a FLUX prompt differed by up to 10 levels (5 of 5, one with no Fastlane node acting),
+    while the one FLUX repeat after an SDXL prompt and all 10 repeats without a switch were bit-identical."""
+    family = lambda r: (r.get("spec") or {}).get("family")  # noqa: E731
+    this = next((r for r in records if r["index"] == index), None)
+    before = [r for r in records if r["index"] < index and r["kind"] != "bad"]
+    if this is None or family(this) is None or not before:
+        return False
+    return family(before[-1]) is not None and family(before[-1]) != family(this)
+
+
 def last_executed_key(records: list[dict]) -> str | None:
     """The prompt ComfyUI executed last (a malformed prompt is rejected before it runs and changes no cache): a
     verbatim repeat of it would be answered from ComfyUI's output cache without sampling again."""
@@ -788,9 +803,16 @@ def summarize(records: list[dict], config: SoakConfig, alive: bool, seconds: flo
     repeats = [r for r in records if "hash_match" in r]
     # differing repeat's index -> its follow-up's index and what it gave
     follow_ups = {r["follow_up_of"]: {"index": r["index"], "gives": r["follow_up"]} for r in repeats if "follow_up" in r}
+    switched = {r["index"]: after_model_switch(records, r["repeat_of"]) or after_model_switch(records, r["index"])
+                for r in repeats}
     differing = [{"index": r["index"], "repeat_of": r.get("repeat_of"), "pixel_diff": r.get("pixel_diff"),
-                  "hash": r["hash"], "first_hash": r["first_hash"], "follow_up": follow_ups.get(r["index"])}
+                  "hash": r["hash"], "first_hash": r["first_hash"], "follow_up": follow_ups.get(r["index"]),
+                  "after_model_switch": switched[r["index"]]}
                  for r in repeats if not r["hash_match"]]
+    # repeats whose first run or repeat came straight after another family's prompt, and the rest: (checked, differing)
+    by_switch = {name: {"checked": sum(switched[r["index"]] == flag for r in repeats),
+                        "differing": sum(switched[r["index"]] == flag and not r["hash_match"] for r in repeats)}
+                 for name, flag in (("after_model_switch", True), ("same_family_before", False))}
     mismatches = [d for d in differing if (d["pixel_diff"] or {}).get("max", 255) > config.repeat_tolerance]
     not_rejected = [r["index"] for r in records if r.get("outcome") == "not_rejected"]
     failed = [{"index": r["index"], "outcome": r.get("outcome"), "error": r.get("error", "")[:500]}
@@ -820,6 +842,7 @@ def summarize(records: list[dict], config: SoakConfig, alive: bool, seconds: flo
         "repeat_tolerance": config.repeat_tolerance,
         "repeats_differing": differing,
         "follow_ups": [{"follow_up_of": of, **f} for of, f in follow_ups.items()],
+        "repeats_by_model_switch": by_switch,
         "hash_mismatches": mismatches,
         "rss_mb_first": rss[0] if rss else None,
         "rss_mb_last": rss[-1] if rss else None,
@@ -902,7 +925,12 @@ def format_summary(s: dict) -> str:
          + "".join(f"; #{d['index']} vs #{d['repeat_of']}: {d['pixel_diff']}"
                    + (f" (follow-up #{d['follow_up']['index']}: {FOLLOW_UP_WORDS[d['follow_up']['gives']]})"
                       if d.get("follow_up") else "")
-                   for d in s.get("repeats_differing", []))),
+                   + (", after a model switch" if d.get("after_model_switch") else "")
+                   for d in s.get("repeats_differing", []))
+         + "".join(f"; differing where the first run or the repeat followed another model family: "
+                   f"{v['after_model_switch']['differing']} of {v['after_model_switch']['checked']}, elsewhere "
+                   f"{v['same_family_before']['differing']} of {v['same_family_before']['checked']}"
+                   for v in [s.get("repeats_by_model_switch")] if v)),
         (f"compiles: {compile_.get('graphs_per_key_shape') or 'none'}, {compile_.get('compile_s', 0)} s; "
          f"unexpected recompiles {len(compile_.get('unexpected', []))} {compile_.get('unexpected') or ''}"),
         *([f"OOM lines in the server log: {s['oom_lines']}"] if s.get("oom_lines") else []),

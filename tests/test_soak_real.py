@@ -190,6 +190,30 @@ def test_a_differing_repeat_gets_a_follow_up_whose_pixels_name_the_cause():
         soak.format_summary(s)
 
 
+def test_repeats_are_split_by_whether_a_model_switch_preceded_them():
+    """s14-2 and s17-1 on the H100: SDXL repeats differed exactly where the first run or the repeat came straight
+    after a FLUX prompt. The summary counts repeats with and without a switch before them (a rejected malformed
+    prompt in between runs nothing and does not count as a switch) and marks each differing one."""
+    families = ["sdxl", "flux", "sdxl", "sdxl", "sdxl", "flux", "bad", "sdxl", "sdxl", "sdxl"]
+    records = [{"index": i, "kind": "bad" if f == "bad" else "run", "outcome": "rejected" if f == "bad" else "ok",
+                "rss_mb": 1000.0, "vram_mb": 20000.0, **({} if f == "bad" else {"spec": {"family": f}})}
+               for i, f in enumerate(families)]
+    assert [soak.after_model_switch(records, i) for i in range(10)] == \
+        [False, True, True, False, False, True, False, True, False, False]
+    records[4].update(kind="repeat", repeat_of=2, hash="b", first_hash="a", hash_match=False,
+                      pixel_diff={"max": 7, "mean": 0.7})  # its first run (#2) followed FLUX
+    records[8].update(kind="repeat", repeat_of=3, hash="c", first_hash="c", hash_match=True)
+    records[9].update(kind="repeat", repeat_of=7, hash="d", first_hash="d", hash_match=True)  # #7 followed #5 (FLUX)
+    s = soak.summarize(records, soak.SoakConfig(prompts=10, warmup=2, max_rss_slope_mb=1000), True, 1.0,
+                       soak_real.RealMix())
+    assert s["repeats_by_model_switch"] == {"after_model_switch": {"checked": 2, "differing": 1},
+                                            "same_family_before": {"checked": 1, "differing": 0}}
+    assert s["repeats_differing"][0]["after_model_switch"] is True
+    text = soak.format_summary(s)
+    assert "#4 vs #2: {'max': 7, 'mean': 0.7}, after a model switch" in text
+    assert "followed another model family: 1 of 2, elsewhere 0 of 1" in text
+
+
 def test_host_memory_goal_is_the_steepest_family_line_of_memory_no_file_backs():
     """s14-2's pattern: RSS after an SDXL prompt and after a FLUX prompt sit on two levels (which model files were
     read last), so one line through all prompts says little. Each family gets its own line; the goal takes the
