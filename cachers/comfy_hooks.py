@@ -18,6 +18,7 @@ import comfy.model_patcher
 import comfy.patcher_extension
 from comfy.patcher_extension import WrappersMP
 
+from .. import host_memory
 from ..compilers import conds
 from ..compilers.call_wrappers import transformer_options_of
 from .session import BLEND_SUFFIX, Call, StepCache
@@ -110,5 +111,6 @@ def attach(model: comfy.model_patcher.ModelPatcher, cache: StepCache, adapter: A
     patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)
     patched.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, make_diffusion_model_wrapper(adapter))
     adapter.install(patched, cache)
+    host_memory.attach(patched)
     conds.attach(patched)  # a cached step is mostly host work: no stream sync from conditioning copies
     return patched

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import host_memory
 from . import conds
 
 COMPILE_KEY = "fastlane_compile"  # Fastlane Compile's wrappers (compilers/engine.py)
@@ -52,6 +53,7 @@ def install_call_wrappers(patched, key: str, owner) -> None:
     patched.remove_wrappers_with_key(WrappersMP.OUTER_SAMPLE, key)
     patched.add_wrapper_with_key(WrappersMP.APPLY_MODEL, key, owner.apply_model_wrapper)
     patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, key, owner.outer_sample_wrapper)
+    host_memory.attach(patched)
     conds.attach(patched)
 
 

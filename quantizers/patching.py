@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from ..compilers import qkv_fusion
+from .. import host_memory
 from ..faults import FREE_VRAM, OOM_ERRORS, FastlaneOutOfMemory, first_line, free_memory
 from . import filters, model_copy, schemes
 from .fp8_scaled import Fp8RowwiseLinear, Fp8Weights
@@ -178,6 +179,7 @@ def quantize(model, scheme_name: str, preset: str = "none", regex: str = "", few
     if scheme.tensorwise == "calibrated":  # each sampling run measures its own activation scales
         quantized.add_wrapper_with_key(_outer_sample(), KEY, recalibrate_each_run())
     quantized.add_callback_with_key(_on_pre_run(), KEY, _note_offloaded_copies(sorted(selection.quantized)))
+    host_memory.attach(quantized)
     report = Report(scheme.name, selection, linear_before, linear_after, model.model_size(), baked, copied, notes)
     log.info(report.text())
     return quantized, report
