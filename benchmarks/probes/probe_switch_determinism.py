@@ -4,7 +4,8 @@ On the lent H100 (soak runs s14-2 and s17-1) every SDXL repeat whose first run o
 prompt differed by up to 10 levels, one of them with no Fastlane node in the graph; every other repeat was
 bit-identical. This probe replays that in one process with ComfyUI's own PromptExecutor, the shipped
 ``sdxl-baseline`` and ``flux-baseline`` workflows (no Fastlane node; random-weight model files in the published
-layouts, written by ``run_workflows.py``) and a scripted sequence:
+layouts: the GPU soak's, ``--models``, written by ``soak_real.py write-models`` where absent) and a scripted
+sequence:
 
     A  the SDXL prompt under test (fixed seed)     B  the same workflow at another seed (so A samples again)
     F  a FLUX prompt                                X  what the server's ``POST /free`` does: unload every model and
@@ -34,6 +35,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -164,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deterministic", action="store_true", help="as ComfyUI's --deterministic")
     p.add_argument("--demo", action="store_true", help="the pack's demo models (CPU smoke of the plumbing)")
     p.add_argument("--cpu", action="store_true")
+    p.add_argument("--models", type=Path, default=Path("/tmp/fastlane-soak-models"),
+                   help="the random-weight model files (soak_real.py write-models; written here if absent)")
     p.add_argument("--out", type=Path, default=Path("out/switch"))
     args = p.parse_args(argv)
     tokens = args.sequence.split()
@@ -186,24 +190,30 @@ def main(argv: list[str] | None = None) -> int:
     import folder_paths
     import torch
 
-    if args.deterministic:
+    if args.deterministic:  # what ComfyUI's --deterministic does: torch's switch, and no non-blocking copies
+        import comfy.cli_args
+
+        comfy.cli_args.args.deterministic = True
         torch.use_deterministic_algorithms(True, warn_only=True)
     scratch = Path(tempfile.mkdtemp(prefix="fastlane_switch_"))
     folder_paths.set_output_directory(str(scratch / "output"))
     if args.demo:
         prompts = demo_prompts(args.steps, args.size)
     else:
-        import run_workflows
+        import soak_real
 
-        bench.log(f"writing the SDXL and FLUX model files under {scratch}")
-        files = run_workflows.write_model_files(["sdxl", "flux"], scratch / "models", mm.get_torch_device())
-        bench.log(f"model files: {files}")
+        # the soak's model files (kept on a warm machine: the disk holds one set of the ~38 GB), written by a process
+        # of its own so that its GPU memory is gone before the probe loads anything
+        soak_real.write_models_subprocess(args.models, ["sdxl", "flux"])
+        for folder in ("checkpoints", "diffusion_models", "text_encoders", "vae", "loras"):
+            folder_paths.add_model_folder_path(folder, str(args.models / folder), is_default=True)
         prompts = shipped_prompts(args.steps, args.size)
     recorder = SampleRecorder()
     try:
         records = run_sequence(tokens, prompts, runner, recorder, scratch / "output")
     finally:
         recorder.close()
+        shutil.rmtree(scratch, ignore_errors=True)
     summary = {"sequence": args.sequence, "allocator": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "native"),
                "deterministic": args.deterministic, "demo": args.demo, "steps": args.steps, "size": args.size,
                "device": str(mm.get_torch_device()), **summarize(records)}
