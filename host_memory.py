@@ -81,16 +81,17 @@ def release_if_grown(min_growth_mb: float | None = None) -> dict | None:
 
 
 def _log(result: dict) -> None:
+    """One line per trim (a trim follows a load or a LoRA change, not every prompt): what it gave back and cost, which
+    the soak reads from the server log (``soak_real.parse_log``)."""
     global _said
     freed = (result["rss_before_mb"] or 0.0) - (result["rss_after_mb"] or 0.0)
     text = (f"Fastlane: returned {freed:.0f} MB of freed host memory to the OS after sampling (malloc_trim, "
             f"{result['seconds'] * 1000:.0f} ms)")
-    if _said:
-        logging.debug(text)
-    else:
+    if not _said:
         _said = True
-        logging.info(f"{text}; it runs after a Fastlane sampling run once RSS grew {GROWTH_MB:.0f} MB since the last, "
-                     f"{ENV}=0 turns it off")
+        text += f"; it runs after a Fastlane sampling run once RSS grew {GROWTH_MB:.0f} MB since the last, {ENV}=0 " \
+                "turns it off"
+    logging.info(text)
 
 
 def outer_sample_wrapper(executor, *args: Any, **kwargs: Any):

@@ -820,6 +820,10 @@ def summarize(records: list[dict], config: SoakConfig, alive: bool, seconds: flo
     compiles = soak_real.recompiles(records, mix)
     oom_lines = [{"index": r["index"], "lines": r["log"]["oom_lines"]} for r in records
                  if (r.get("log") or {}).get("oom_lines")]
+    logs = [r.get("log") or {} for r in records]
+    trims = {"trims": sum(g.get("trims", 0) for g in logs), "mb_returned": sum(g.get("trim_mb", 0) for g in logs),
+             "ms": sum(g.get("trim_ms", 0) for g in logs),
+             "max_ms": max((g.get("trim_ms", 0) for g in logs if g.get("trims")), default=0)}
     summary = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(config).items() if k != "mix"},
@@ -863,6 +867,7 @@ def summarize(records: list[dict], config: SoakConfig, alive: bool, seconds: flo
         "vram_floors": floors or {},
         "compile": compiles,
         "oom_lines": oom_lines,
+        "host_memory_trims": trims,
     }
     failures = []
     if not alive:
@@ -934,6 +939,8 @@ def format_summary(s: dict) -> str:
         (f"compiles: {compile_.get('graphs_per_key_shape') or 'none'}, {compile_.get('compile_s', 0)} s; "
          f"unexpected recompiles {len(compile_.get('unexpected', []))} {compile_.get('unexpected') or ''}"),
         *([f"OOM lines in the server log: {s['oom_lines']}"] if s.get("oom_lines") else []),
+        *[f"host memory trims (host_memory.py): {t['trims']}, {t['mb_returned']} MB returned in {t['ms']} ms "
+          f"(longest prompt's {t['max_ms']} ms)" for t in [s.get("host_memory_trims")] if t and t["trims"]],
         "GOALS MET" if not s["failures"] else "GOALS FAILED: " + "; ".join(s["failures"]),
     ]
     return "\n".join(lines)

@@ -276,14 +276,22 @@ COMPILED = re.compile(r"Fastlane compile \[(?P<label>[^\]]*)\]: compiled (?P<gra
 NOT_COMPILED = re.compile(r"Fastlane compile \[(?P<label>[^\]]*)\]: no compilation in (?P<calls>\d+) calls")
 RECORDED = re.compile(r"Fastlane CUDA graph: recorded (?P<graphs>\d+) graph\(s\)")
 OOM = re.compile(r"ran out of memory|OutOfMemoryError|CUDA out of memory")
+TRIMMED = re.compile(r"Fastlane: returned (?P<mb>-?\d+) MB of freed host memory to the OS after sampling \(malloc_trim, "
+                     r"(?P<ms>\d+) ms\)")
 
 
 def parse_log(text: str) -> dict:
     """What one prompt's share of the server log says: compiled graphs (and seconds), compile runs, CUDA graphs
-    recorded, OOM messages."""
+    recorded, OOM messages, host-memory trims (``host_memory.py``: MB given back, ms spent)."""
     out = {"compile_runs": 0, "compile_calls": 0, "graphs_compiled": 0, "compile_s": 0.0, "cuda_graphs_recorded": 0,
-           "compile_labels": [], "oom_lines": []}
+           "compile_labels": [], "oom_lines": [], "trims": 0, "trim_mb": 0, "trim_ms": 0}
     for line in text.splitlines():
+        m = TRIMMED.search(line)
+        if m:
+            out["trims"] += 1
+            out["trim_mb"] += int(m["mb"])
+            out["trim_ms"] += int(m["ms"])
+            continue
         m = COMPILED.search(line)
         if m:
             out["compile_runs"] += 1

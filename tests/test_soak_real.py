@@ -148,6 +148,27 @@ def test_log_parser_and_the_recompile_check():
     assert result["compile_s"] == 23.4 * 8
 
 
+def test_the_soak_counts_the_packs_host_memory_trims_from_the_server_log(caplog, monkeypatch):
+    """The lines host_memory.py logs (the first one carries how to turn the trim off) are what the log parser reads:
+    the GPU soak says how often the trim ran, what it gave back and what it cost."""
+    import logging
+
+    from fastlane import host_memory
+
+    monkeypatch.setattr(host_memory, "_said", False)
+    with caplog.at_level(logging.INFO):
+        host_memory._log({"rss_before_mb": 9000.0, "rss_after_mb": 7500.0, "seconds": 0.012})
+        host_memory._log({"rss_before_mb": 8000.0, "rss_after_mb": 7900.0, "seconds": 0.003})
+    parsed = soak_real.parse_log("\n".join(r.getMessage() for r in caplog.records))
+    assert (parsed["trims"], parsed["trim_mb"], parsed["trim_ms"]) == (2, 1600, 15)
+    records = [{"index": i, "kind": "run", "outcome": "ok", "rss_mb": 1000.0, "vram_mb": 1.0,
+                "log": parsed if i == 3 else soak_real.parse_log("")} for i in range(6)]
+    s = soak.summarize(records, soak.SoakConfig(prompts=6, warmup=2, max_rss_slope_mb=1000), True, 1.0,
+                       soak_real.RealMix())
+    assert s["host_memory_trims"] == {"trims": 2, "mb_returned": 1600, "ms": 15, "max_ms": 15}
+    assert "host memory trims (host_memory.py): 2, 1600 MB returned in 15 ms" in soak.format_summary(s)
+
+
 def test_summary_tells_bit_identical_repeats_from_ones_within_a_tolerance(tmp_path):
     records = [{"index": i, "kind": "run", "outcome": "ok", "rss_mb": 1000.0 + i, "vram_mb": 20000.0,
                 "torch_allocated_mb": 18000.0} for i in range(12)]
