@@ -8,7 +8,7 @@ grew 2.8 → 9.3 GB in 47 prompts and to 15.5 GB after 128; the same soak with `
 (s17-4) stayed at 1.5-1.8 GB (2.9-3.2 GB with a LoRA's backed-up weights) over 37 prompts. That variable must be
 set before Python starts and makes every CPU tensor over 128 kB an mmap (a chain of CPU matmuls ran 8-11 % slower
 with it on this workplace's 2-core box), so the pack calls glibc's ``malloc_trim(0)`` instead: it returns the free
-pages inside the heaps without changing how anything is allocated, once RSS has grown since the last trim.
+pages inside the heaps without changing how anything is allocated (at most every 30 s unless RSS grew 64 MB).
 ``FASTLANE_MALLOC_TRIM=0`` turns it off; off glibc (macOS, Windows, musl) it does nothing.
 """
 from __future__ import annotations
@@ -23,11 +23,15 @@ from typing import Any, Callable
 
 ENV = "FASTLANE_MALLOC_TRIM"
 WRAPPER_KEY = "fastlane_host_memory"
-# trim only once RSS has grown this much since the last trim: a warm run that loaded nothing costs one read of
-# /proc/self/statm, not a walk over the heaps inside the sampling time that the benchmark nodes measure
+# A trim walks every free chunk of every heap (a madvise each), inside the sampling time the benchmark nodes measure,
+# so back-to-back warm runs that loaded nothing skip it: a run trims once RSS has grown GROWTH_MB since the last trim
+# or MIN_INTERVAL_S have passed. RSS alone cannot gate it: freeing a FLUX model's host copy lowers RSS while leaving
+# gigabytes of freed chunks resident, and only the interval catches those.
 GROWTH_MB = 64.0
+MIN_INTERVAL_S = 30.0
 _said = False
 _rss_after_last_trim: float | None = None
+_last_trim_at: float | None = None
 
 
 @functools.cache
@@ -64,19 +68,21 @@ def release_free_host_memory() -> dict | None:
     return result
 
 
-def release_if_grown(min_growth_mb: float | None = None) -> dict | None:
-    """``release_free_host_memory()`` if RSS grew by ``min_growth_mb`` (default ``GROWTH_MB``) since the last trim
-    (or none ran yet), else None."""
-    global _rss_after_last_trim
+def release_if_due(min_growth_mb: float | None = None, min_interval_s: float | None = None) -> dict | None:
+    """``release_free_host_memory()`` if none ran yet, RSS grew ``min_growth_mb`` (default ``GROWTH_MB``) since the
+    last trim, or ``min_interval_s`` (default ``MIN_INTERVAL_S``) passed since it; else None."""
+    global _rss_after_last_trim, _last_trim_at
     if _malloc_trim() is None:
         return None
     growth = GROWTH_MB if min_growth_mb is None else min_growth_mb
-    rss = resident_mb()
-    if rss is not None and _rss_after_last_trim is not None and rss - _rss_after_last_trim < growth:
+    interval = MIN_INTERVAL_S if min_interval_s is None else min_interval_s
+    now, rss = time.monotonic(), resident_mb()
+    if _last_trim_at is not None and now - _last_trim_at < interval and rss is not None \
+            and _rss_after_last_trim is not None and rss - _rss_after_last_trim < growth:
         return None
     result = release_free_host_memory()
     if result is not None:
-        _rss_after_last_trim = result["rss_after_mb"]
+        _rss_after_last_trim, _last_trim_at = result["rss_after_mb"], time.monotonic()
     return result
 
 
@@ -89,18 +95,18 @@ def _log(result: dict) -> None:
             f"{result['seconds'] * 1000:.0f} ms)")
     if not _said:
         _said = True
-        text += f"; it runs after a Fastlane sampling run once RSS grew {GROWTH_MB:.0f} MB since the last, {ENV}=0 " \
-                "turns it off"
+        text += (f"; it runs after a Fastlane sampling run once RSS grew {GROWTH_MB:.0f} MB or {MIN_INTERVAL_S:.0f} s "
+                 f"passed since the last, {ENV}=0 turns it off")
     logging.info(text)
 
 
 def outer_sample_wrapper(executor, *args: Any, **kwargs: Any):
-    """OUTER_SAMPLE wrapper: the sampling run (which loads and unloads the models), then the trim where RSS grew,
+    """OUTER_SAMPLE wrapper: the sampling run (which loads and unloads the models), then the trim when it is due,
     also when the run was interrupted or failed."""
     try:
         return executor(*args, **kwargs)
     finally:
-        release_if_grown()
+        release_if_due()
 
 
 def attach(patched) -> None:

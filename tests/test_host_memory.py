@@ -1,6 +1,6 @@
 """After a Fastlane MODEL's sampling run the freed host memory goes back to the OS (``host_memory.py``, issue 21):
-glibc's malloc_trim really shrinks RSS after a fragmenting free; it runs only once RSS has grown since the last
-trim; and a prompt through ComfyUI's executor trims at most once per sampling run however many Fastlane nodes the
+glibc's malloc_trim really shrinks RSS after a fragmenting free; it runs once RSS has grown or time has passed since
+the last trim; and a prompt through ComfyUI's executor trims at most once per sampling run however many Fastlane nodes the
 chain holds, and never without one."""
 from __future__ import annotations
 
@@ -75,18 +75,24 @@ def test_one_trim_per_sampling_run_and_none_without_fastlane(graph, monkeypatch)
     assert calls == [0, 0]
 
 
-def test_a_trim_runs_only_once_rss_grew_since_the_last(monkeypatch):
-    """A warm run that loaded nothing reads RSS once and trims nothing: the trim stays out of steady-state timings."""
+def test_a_trim_is_due_once_rss_grew_or_the_interval_passed(monkeypatch):
+    """Back-to-back warm runs that loaded nothing read RSS once and trim nothing (the trim stays out of steady-state
+    timings); growth or time since the last trim makes one due."""
     from fastlane import host_memory
 
-    # RSS as read: the gate, then before and after each trim that runs
-    reads = iter([1000.0, 1000.0, 900.0, 1100.0, 1200.0, 1200.0, 950.0, 1000.0])
+    # RSS as read: the gate, then before and after each trim that runs; the clock as read: the gate, after a trim
+    reads = iter([1000.0, 1000.0, 900.0, 1100.0, 1200.0, 1200.0, 950.0, 1000.0, 1000.0, 1000.0, 990.0])
+    clock = iter([0.0, 0.1, 5.0, 6.0, 6.1, 10.0, 40.0, 40.2])
     trims = []
     monkeypatch.setattr(host_memory, "_malloc_trim", lambda: (lambda pad: trims.append(pad) or 1))
     monkeypatch.setattr(host_memory, "resident_mb", lambda: next(reads))
+    monkeypatch.setattr(host_memory.time, "monotonic", lambda: next(clock))
     monkeypatch.setattr(host_memory, "_rss_after_last_trim", None)
-    assert host_memory.release_if_grown(256.0)["rss_after_mb"] == 900.0  # the first run trims
-    assert host_memory.release_if_grown(256.0) is None  # 1100: 200 MB over the last trim's 900
-    assert host_memory.release_if_grown(256.0)["rss_after_mb"] == 950.0  # 1200: 300 MB over it
-    assert host_memory.release_if_grown(256.0) is None  # 1000: 50 MB over 950
-    assert trims == [0, 0]
+    monkeypatch.setattr(host_memory, "_last_trim_at", None)
+    due = lambda: host_memory.release_if_due(256.0, 30.0)  # noqa: E731
+    assert due()["rss_after_mb"] == 900.0  # the first run trims
+    assert due() is None  # t 5 s, RSS 1100: 200 MB over the last trim's 900
+    assert due()["rss_after_mb"] == 950.0  # t 6 s, RSS 1200: 300 MB over it
+    assert due() is None  # t 10 s, RSS 1000: 50 MB over 950
+    assert due()["rss_after_mb"] == 990.0  # t 40 s: 30 s since the last trim, whatever RSS did
+    assert trims == [0, 0, 0]
