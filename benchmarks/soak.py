@@ -557,21 +557,22 @@ def after_model_switch(records: list[dict], index: int) -> bool:
     Why the soak tells this apart: on the lent H100 (s14-2 and s17-1, 16 repeats) every SDXL repeat whose first run or
     repeat came straight after a FLUX prompt differed by up to 10 levels (5 of 5, one with no Fastlane node acting),
     while the one FLUX repeat after an SDXL prompt and all 10 repeats without a switch were bit-identical."""
-    family = lambda r: (r.get("spec") or {}).get("family")  # noqa: E731
+    family = lambda r: ((r or {}).get("spec") or {}).get("family")  # noqa: E731
     this = next((r for r in records if r["index"] == index), None)
-    before = [r for r in records if r["index"] < index and r["kind"] != "bad"]
-    if this is None or family(this) is None or not before:
-        return False
-    return family(before[-1]) is not None and family(before[-1]) != family(this)
+    before = last_executed([r for r in records if r["index"] < index])
+    return family(this) is not None and family(before) is not None and family(before) != family(this)
+
+
+def last_executed(records: list[dict]) -> dict | None:
+    """The record of the prompt ComfyUI executed last: a malformed prompt is rejected before it runs, so it changes
+    no cache and loads no model."""
+    return next((r for r in reversed(records) if r["kind"] != "bad"), None)
 
 
 def last_executed_key(records: list[dict]) -> str | None:
-    """The prompt ComfyUI executed last (a malformed prompt is rejected before it runs and changes no cache): a
-    verbatim repeat of it would be answered from ComfyUI's output cache without sampling again."""
-    for record in reversed(records):
-        if record["kind"] != "bad":
-            return record.get("key")
-    return None
+    """The key of the prompt ComfyUI executed last: a verbatim repeat of it would be answered from ComfyUI's output
+    cache without sampling again."""
+    return (last_executed(records) or {}).get("key")
 
 
 def run_soak(api: Api, config: SoakConfig, log=print) -> SoakResult:

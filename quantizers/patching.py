@@ -14,8 +14,8 @@ from typing import Callable
 
 import torch
 
-from ..compilers import qkv_fusion
 from .. import host_memory
+from ..compilers import qkv_fusion
 from ..faults import FREE_VRAM, OOM_ERRORS, FastlaneOutOfMemory, first_line, free_memory
 from . import filters, model_copy, schemes
 from .fp8_scaled import Fp8RowwiseLinear, Fp8Weights

@@ -1,9 +1,10 @@
 """After a Fastlane MODEL's sampling run the freed host memory goes back to the OS (``host_memory.py``, issue 21):
 glibc's malloc_trim really shrinks RSS after a fragmenting free; it runs once RSS has grown or time has passed since
-the last trim; and a prompt through ComfyUI's executor trims at most once per sampling run however many Fastlane nodes the
-chain holds, and never without one."""
+the last trim; and a prompt through ComfyUI's executor trims at most once per sampling run however many Fastlane
+nodes the chain holds, and never without one."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -33,8 +34,6 @@ FRAGMENT = textwrap.dedent("""
 
 
 def fragment_and_trim(env: dict) -> dict:
-    import json
-
     out = subprocess.run([sys.executable, "-c", FRAGMENT, str(PACK / "host_memory.py")], capture_output=True,
                          text=True, env={**os.environ, **env}, timeout=120)
     assert out.returncode == 0, out.stderr

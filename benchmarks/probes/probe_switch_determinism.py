@@ -103,8 +103,9 @@ class SampleRecorder:
 
 
 def image_digest(result: dict, output_dir: Path) -> str | None:
-    paths = [output_dir / e["subfolder"] / e["filename"] for ui in result["ui"].values()
-             for e in ui.get("images", []) if e.get("type") == "output"]
+    import run_workflows
+
+    paths = run_workflows.saved_images(result, output_dir)
     h = hashlib.sha256()
     for path in paths:
         h.update(path.read_bytes())
