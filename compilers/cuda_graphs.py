@@ -113,12 +113,12 @@ def _rebuild(args: tuple, kwargs: dict, options: dict, tensors: list[torch.Tenso
 def why_not_recorded(options: dict) -> str | None:
     """Why this call must run unrecorded, or None: patches (other than a pure capture) run Python at every call that
     a replay would skip. (ControlNet residuals, a dict argument, are refused by ``_flatten``.)"""
+    if any(options.get("patches_replace", {}).values()):
+        return "the MODEL carries block patches (a Fastlane block cache at 'blocks' granularity or another patch node)"
     patches = options.get("patches", {})
     unsafe = sorted(k for k, ps in patches.items() if any(not getattr(p, SAFE_PATCH_FLAG, False) for p in ps))
     if unsafe:
         return f"the MODEL carries ComfyUI patches ({', '.join(unsafe)})"
-    if any(options.get("patches_replace", {}).values()):
-        return "the MODEL carries block patches (a Fastlane block cache at 'blocks' granularity or another patch node)"
     return None
 
 

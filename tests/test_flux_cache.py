@@ -60,6 +60,26 @@ def test_cached_steps_run_no_block(flux):
         counter.close()
 
 
+@pytest.mark.parametrize("granularity", ["blocks", "blocks+output", "last_block", "attention_mlp"])
+def test_a_cached_call_builds_no_rope_table_and_gives_the_same_image(flux, granularity):
+    """Cached calls skip FLUX's RoPE table (their blocks do not run): it is built on the 2 computed steps of 8 only,
+    and the image equals the one of a run where another post_input patch after the cacher's keeps the table built
+    at every call."""
+    built = []
+    hook = flux.model.diffusion_model.pe_embedder.register_forward_hook(lambda *_: built.append(1))
+    try:
+        cached = target(flux, 0.25, granularity=granularity)
+        image = sample(cached, steps=8)
+        assert len(built) == 2
+        built.clear()
+        after = cached.clone()
+        after.set_model_post_input_patch(lambda args: dict(args))  # another node's patch, after the cacher's
+        assert torch.equal(sample(after, steps=8), image)
+        assert len(built) == 8
+    finally:
+        hook.remove()
+
+
 @pytest.mark.parametrize("granularity", ["blocks", "attention_mlp", "output"])
 def test_skipping_changes_the_result_but_keeps_it_close(flux, granularity):
     reference = sample(flux, steps=12, size=32)
