@@ -2,6 +2,7 @@
 
 - OUTER_SAMPLE: each sampling run starts from a fresh StepCache (EasyCache's pattern), so a second queue run,
   another KSampler on the same MODEL, or a refiner stage never sees the previous run's features.
+- SAMPLER_SAMPLE: follow the sampler's steps where they tell each call's sigma (``sigma_source.py``: no GPU sync).
 - DIFFUSION_MODEL: per call, find the step from the sigmas, let the policy decide, and either run the model
   (adapters capture features through their own patches) or serve the call from the cache. An adapter with a
   ``run_call(cache, call, executor, args, kwargs)`` method runs the call itself (SDXL's DeepCache runs only the
@@ -19,6 +20,7 @@ import comfy.patcher_extension
 from comfy.patcher_extension import WrappersMP
 
 from .. import host_memory
+from . import sigma_source
 from ..compilers import conds
 from ..compilers.call_wrappers import transformer_options_of
 from .session import BLEND_SUFFIX, Call, StepCache
@@ -44,8 +46,12 @@ def make_diffusion_model_wrapper(adapter):
         cache: StepCache = options[HOLDER_KEY]
         x = args[0]
         adapter.check_call(cache, args, kwargs)
-        call = cache.begin_call(x, float(options["sigmas"][0]), options["sample_sigmas"], _batch_key(x, options),
-                                adapter.features(cache.granularity) + cache.features)
+        key = _batch_key(x, options)
+        run = cache.ensure_run(options["sample_sigmas"])
+        source = cache.sigma_source
+        sigma = (source.sigma(options["sigmas"], key, run.clock.sigmas) if source is not None
+                 else float(options["sigmas"][0]))  # a GPU sync: see sigma_source.py
+        call = cache.begin_call(x, sigma, options["sample_sigmas"], key, adapter.features(cache.granularity) + cache.features)
         recorder = options.get(RECORDER_KEY)
         if recorder is not None:
             recorder.mark_call(computed=call.compute, label=cache.label)
@@ -94,6 +100,46 @@ def outer_sample_wrapper(executor, *args, **kwargs):
         guider.model_options = original_options
 
 
+def sampler_sample_wrapper(executor, *args, **kwargs):
+    """SAMPLER_SAMPLE: for a sampler whose calls' sigmas its progress tells (``sigma_source.predictable``), follow
+    its steps through ComfyUI's callback, so that the cache reads no sigma back from the GPU; at the run's end check
+    every prediction (one sync) and turn prediction off for this cacher if one was wrong."""
+    # KSAMPLER.sample(model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None, ...)
+    names = ("model_wrap", "sigmas", "extra_args", "callback")
+    bound = dict(zip(names, args))
+    bound.update({k: kwargs[k] for k in names if k in kwargs})
+    options = (bound.get("extra_args") or {}).get("model_options", {}).get("transformer_options", {})
+    cache: StepCache | None = options.get(HOLDER_KEY)
+    if cache is None or not cache.predict_sigmas or "callback" not in bound or \
+            not sigma_source.predictable(executor.class_obj):
+        return executor(*args, **kwargs)
+    source = cache.sigma_source = sigma_source.SigmaSource()
+    callback = bound["callback"]
+
+    def tracking(step, *rest):
+        source.step_done(step)
+        return None if callback is None else callback(step, *rest)
+
+    if len(args) > 3:
+        args = (*args[:3], tracking, *args[4:])
+    else:
+        kwargs = {**kwargs, "callback": tracking}
+    finished = False
+    try:
+        out = executor(*args, **kwargs)
+        finished = True
+        return out
+    finally:
+        cache.sigma_source = None
+        if finished:
+            wrong = source.wrong_predictions()
+            if wrong:
+                log.warning("Fastlane %s: %d of %d calls were not at the sigma the sampler's progress predicted; this "
+                            "cacher reads each call's sigma from now on (a GPU sync per call), and this run's steps "
+                            "may have been planned on wrong step numbers", cache.label, wrong, source.predicted_calls)
+                (cache.template or cache).predict_sigmas = False
+
+
 def _time_fn(patcher):
     """sigma -> the model's own timestep (FLUX: sigma itself; SD: the 0..999 index), for the "time" coordinate."""
     model_sampling = patcher.get_model_object("model_sampling")
@@ -109,6 +155,7 @@ def attach(model: comfy.model_patcher.ModelPatcher, cache: StepCache, adapter: A
         raise ValueError("this MODEL already has a Fastlane cacher; use one cacher node per model chain")
     patched.model_options["transformer_options"][HOLDER_KEY] = cache
     patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)
+    patched.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY, sampler_sample_wrapper)
     patched.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, make_diffusion_model_wrapper(adapter))
     adapter.install(patched, cache)
     host_memory.attach(patched)

@@ -153,6 +153,11 @@ class StepCache:
         self.time_fn: Callable[[float], float] | None = None  # set per run by the glue (the model's sigma -> t)
         self.run: CacheRun | None = None
         self._sigmas = None
+        # sigma_source.py: may this cacher take a call's sigma from the sampler's progress (no GPU sync)? Turned off
+        # for good on the node's own StepCache (``template``) when a run finds a prediction wrong.
+        self.predict_sigmas = True
+        self.sigma_source = None  # a run's SigmaSource, while a predictable sampler runs
+        self.template: StepCache | None = None
 
     @property
     def order(self) -> int:
@@ -172,13 +177,19 @@ class StepCache:
     def fresh(self, time_fn: Callable[[float], float] | None = None) -> "StepCache":
         cache = StepCache(self.make_policy, self.forecast, self.option, self.label, self.blend_weight)
         cache.time_fn = time_fn
+        cache.predict_sigmas = self.predict_sigmas
+        cache.template = self
         return cache
 
-    def begin_call(self, x: torch.Tensor, sigma: float, sample_sigmas, key: Hashable, features: tuple[str, ...]) -> Call:
+    def ensure_run(self, sample_sigmas) -> CacheRun:
+        """The run of this schedule (a new one when the sampler's sigmas change)."""
         if self.run is None or (sample_sigmas is not self._sigmas and not self.run.clock.matches(sample_sigmas)):
             self.run = CacheRun(StepClock(sample_sigmas), self.make_policy(), self.forecast, self.time_fn)
         self._sigmas = sample_sigmas  # the sampler passes the same tensor every call: skip the value comparison
-        run = self.run
+        return self.run
+
+    def begin_call(self, x: torch.Tensor, sigma: float, sample_sigmas, key: Hashable, features: tuple[str, ...]) -> Call:
+        run = self.ensure_run(sample_sigmas)
         step = run.clock.step_index(sigma)
         position = run.clock.position(sigma)
         compute = run.decide(step, key, x)

@@ -12,6 +12,12 @@ def _compiled(model, **widgets):
     return node("FastlaneCompile", model, **widgets)
 
 
+def _reading_sigmas(model):
+    """The model's step cache made to read each call's sigma back from the GPU (no prediction from the sampler)."""
+    model.model_options["transformer_options"]["fastlane_cache"].predict_sigmas = False
+    return model
+
+
 def _attention(model, backend):
     return node("FastlaneAttention", model, backend=backend)
 
@@ -174,6 +180,11 @@ for _name, _families, _heavy, _make, _note in [
                               compute_fraction=0.3, order=2)),
      ("fp8_tensorwise (few-row weights fp8), target-speed 0.3 order 2 (blocks), Fastlane Compile regional: the "
       "fast tier on the tensor-wise kernel")),
+    ("fast_target0.3_fewfp8_readsigma", ("flux",), True,
+     lambda m: _reading_sigmas(_compiled(node("FastlaneTargetSpeedCache", _quantized(m, "fp8_scaled_mm", "auto"),
+                                              compute_fraction=0.3, order=2))),
+     ("fast_target0.3_fewfp8 with the cache reading every call's sigma back from the GPU (a sync per call), as "
+      "before cachers/sigma_source.py: the A/B of that change in one process")),
     ("attn_sage", ("flux", "sdxl"), False, lambda m: _attention(m, "sage"),
      "Fastlane Attention Kernel: SageAttention (INT8 Q.K, Triton), eager"),
     ("fp8sm+attn_sage+compile_regional", ("flux", "sdxl"), True,
