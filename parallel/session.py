@@ -27,6 +27,7 @@ from .attention import MODES
 from .launcher import LaunchSpec, Workers
 
 log = logging.getLogger("fastlane")
+SPLIT_SAFE_FLAG = "fastlane_split_safe"  # on a patch that a sharded call may leave to rank 0 alone
 FAMILIES = {"flux": flux, "wan": wan}  # how each model family's forward_orig is sharded
 # Fastlane wrappers whose work does not reach the workers' copies (see docs/MULTIGPU.md).
 REFUSED_WRAPPERS = {"fastlane_compile": "Fastlane Compile", "fastlane_cuda_graph": "Fastlane CUDA Graph",
@@ -132,7 +133,9 @@ class ParallelSession:
         refusal = granularity_refusal(family, granularity)
         if refusal:
             raise ParallelError(refusal)
-        patches = {k: v for k, v in options.get("patches", {}).items() if v}
+        # a patch marked split-safe only removes work whatever tokens a rank holds (the cache's RoPE gate)
+        patches = {k: [p for p in v if not getattr(p, SPLIT_SAFE_FLAG, False)] for k, v in options.get("patches", {}).items()}
+        patches = {k: v for k, v in patches.items() if v}
         # a block cache's own block patches are replaced, per call, by flux.py's sharded version of them
         replaced = options.get("patches_replace", {}).get("dit", {}) if granularity == "output" else {}
         if patches or replaced:

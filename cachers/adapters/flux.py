@@ -42,6 +42,8 @@ class RopeGate:
     """FLUX ``post_input`` patch: while ``skip`` is set (a call served from the cache), ``img_ids`` None, so that
     ``forward_orig`` builds no RoPE table for blocks that will not run."""
 
+    fastlane_split_safe = True  # parallel/session.py: only removes work, whatever tokens a Multi-GPU rank holds
+
     def __init__(self) -> None:
         self.skip = False
 
