@@ -46,12 +46,8 @@ def make_diffusion_model_wrapper(adapter):
         cache: StepCache = options[HOLDER_KEY]
         x = args[0]
         adapter.check_call(cache, args, kwargs)
-        key = _batch_key(x, options)
-        run = cache.ensure_run(options["sample_sigmas"])
-        source = cache.sigma_source
-        sigma = (source.sigma(options["sigmas"], key, run.clock.sigmas) if source is not None
-                 else float(options["sigmas"][0]))  # a GPU sync: see sigma_source.py
-        call = cache.begin_call(x, sigma, options["sample_sigmas"], key, adapter.features(cache.granularity) + cache.features)
+        call = cache.begin_call(x, options["sigmas"], options["sample_sigmas"], _batch_key(x, options),
+                                adapter.features(cache.granularity) + cache.features)
         recorder = options.get(RECORDER_KEY)
         if recorder is not None:
             recorder.mark_call(computed=call.compute, label=cache.label)
@@ -104,40 +100,29 @@ def sampler_sample_wrapper(executor, *args, **kwargs):
     """SAMPLER_SAMPLE: for a sampler whose calls' sigmas its progress tells (``sigma_source.predictable``), follow
     its steps through ComfyUI's callback, so that the cache reads no sigma back from the GPU; at the run's end check
     every prediction (one sync) and turn prediction off for this cacher if one was wrong."""
-    # KSAMPLER.sample(model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None, ...)
-    names = ("model_wrap", "sigmas", "extra_args", "callback")
-    bound = dict(zip(names, args))
-    bound.update({k: kwargs[k] for k in names if k in kwargs})
-    options = (bound.get("extra_args") or {}).get("model_options", {}).get("transformer_options", {})
-    cache: StepCache | None = options.get(HOLDER_KEY)
-    if cache is None or not cache.predict_sigmas or "callback" not in bound or \
-            not sigma_source.predictable(executor.class_obj):
+    # ComfyUI calls KSAMPLER.sample(model_wrap, sigmas, extra_args, callback, noise, ...) positionally
+    extra_args = args[2] if len(args) > 3 else {}
+    cache: StepCache | None = extra_args.get("model_options", {}).get("transformer_options", {}).get(HOLDER_KEY)
+    if cache is None or not cache.predict_sigmas or not sigma_source.predictable(executor.class_obj):
         return executor(*args, **kwargs)
     source = cache.sigma_source = sigma_source.SigmaSource()
-    callback = bound["callback"]
+    callback = args[3]
 
     def tracking(step, *rest):
         source.step_done(step)
         return None if callback is None else callback(step, *rest)
 
-    if len(args) > 3:
-        args = (*args[:3], tracking, *args[4:])
-    else:
-        kwargs = {**kwargs, "callback": tracking}
-    finished = False
     try:
-        out = executor(*args, **kwargs)
-        finished = True
-        return out
+        out = executor(*args[:3], tracking, *args[4:], **kwargs)
     finally:
         cache.sigma_source = None
-        if finished:
-            wrong = source.wrong_predictions()
-            if wrong:
-                log.warning("Fastlane %s: %d of %d calls were not at the sigma the sampler's progress predicted; this "
-                            "cacher reads each call's sigma from now on (a GPU sync per call), and this run's steps "
-                            "may have been planned on wrong step numbers", cache.label, wrong, source.predicted_calls)
-                (cache.template or cache).predict_sigmas = False
+    wrong = source.wrong_predictions()
+    if wrong:
+        log.warning("Fastlane %s: %d of %d calls were not at the sigma the sampler's progress predicted; this cacher "
+                    "reads each call's sigma from now on (a GPU sync per call), and this run's steps may have been "
+                    "planned on wrong step numbers", cache.label, wrong, source.predicted_calls)
+        (cache.template or cache).predict_sigmas = False
+    return out
 
 
 def _time_fn(patcher):

@@ -181,15 +181,16 @@ class StepCache:
         cache.template = self
         return cache
 
-    def ensure_run(self, sample_sigmas) -> CacheRun:
-        """The run of this schedule (a new one when the sampler's sigmas change)."""
+    def begin_call(self, x: torch.Tensor, timestep: torch.Tensor, sample_sigmas, key: Hashable,
+                   features: tuple[str, ...]) -> Call:
+        """Decide one model call. ``timestep``: the sigmas the call got; its value is read (a GPU sync) only where the
+        run's ``sigma_source`` cannot tell it from the sampler's progress."""
         if self.run is None or (sample_sigmas is not self._sigmas and not self.run.clock.matches(sample_sigmas)):
             self.run = CacheRun(StepClock(sample_sigmas), self.make_policy(), self.forecast, self.time_fn)
         self._sigmas = sample_sigmas  # the sampler passes the same tensor every call: skip the value comparison
-        return self.run
-
-    def begin_call(self, x: torch.Tensor, sigma: float, sample_sigmas, key: Hashable, features: tuple[str, ...]) -> Call:
-        run = self.ensure_run(sample_sigmas)
+        run = self.run
+        sigma = (self.sigma_source.sigma(timestep, key, run.clock.sigmas) if self.sigma_source is not None
+                 else float(timestep.reshape(-1)[0]))
         step = run.clock.step_index(sigma)
         position = run.clock.position(sigma)
         compute = run.decide(step, key, x)

@@ -134,8 +134,8 @@ class ParallelSession:
         if refusal:
             raise ParallelError(refusal)
         # a patch marked split-safe only removes work whatever tokens a rank holds (the cache's RoPE gate)
-        patches = {k: [p for p in v if not getattr(p, SPLIT_SAFE_FLAG, False)] for k, v in options.get("patches", {}).items()}
-        patches = {k: v for k, v in patches.items() if v}
+        patches = {k: kept for k, v in options.get("patches", {}).items()
+                   if (kept := [p for p in v if not getattr(p, SPLIT_SAFE_FLAG, False)])}
         # a block cache's own block patches are replaced, per call, by flux.py's sharded version of them
         replaced = options.get("patches_replace", {}).get("dit", {}) if granularity == "output" else {}
         if patches or replaced:

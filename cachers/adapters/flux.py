@@ -93,7 +93,6 @@ class FluxAdapter:
                      else _single_block_patch(last=i == n_single - 1, previous=existing.get(key), residual=residual))
             patcher.set_model_patch_replace(patch, "dit", *key)
 
-
     def run_call(self, cache: StepCache, call: Call, executor, args: tuple, kwargs: dict):
         """Run the call; on a cached one, without the RoPE table (see the module docstring)."""
         options = transformer_options_of(args, kwargs)
