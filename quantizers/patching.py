@@ -120,7 +120,7 @@ def quantized_paths(model) -> set[str]:
     return {f"diffusion_model.{name}" for name, m in dm.named_modules() if isinstance(m, (QuantizedLinear, Fp8Weights))}
 
 
-def quantize(model, scheme_name: str, preset: str = "none", regex: str = "", few_rows: str = "auto"):
+def quantize(model, scheme_name: str, preset: str = filters.DEFAULT_PRESET, regex: str = "", few_rows: str = "auto"):
     """A MODEL of its own whose selected Linears are quantized copies of ``model``'s; returns (MODEL, Report)."""
     scheme = schemes.get(scheme_name, model.load_device)
     if quantized_paths(model):

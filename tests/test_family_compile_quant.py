@@ -305,6 +305,37 @@ def test_auto_gives_few_row_fp8_weights_where_they_hold_a_real_share(name, fp8_w
     assert not set(few) & set(select(diffusion_model, fp8=True, few_rows="16-bit").targets)
 
 
+# the entry and exit projections of each family: what Quantize's default filter ``entry+exit`` keeps 16-bit
+ENTRY_EXIT = {
+    "qwen_image": ["img_in", "txt_in", "proj_out"],
+    "wan21": ["text_embedding.0", "text_embedding.2", "head.head"],
+    "wan22_5b": ["text_embedding.0", "text_embedding.2", "head.head"],
+    "hunyuan_video": ["txt_in.input_embedder", "final_layer.linear"],
+    "chroma": ["img_in", "txt_in", "final_layer.linear"],
+    "chroma_radiance": ["txt_in", "nerf_image_embedder.embedder.0", "nerf_final_layer.linear"],
+    "flux2": ["img_in", "txt_in", "final_layer.linear"],
+    "z_image": ["x_embedder", "cap_embedder.1", "final_layer.linear"],
+    "lumina2": ["x_embedder", "cap_embedder.1", "final_layer.linear"],
+    "sd3": ["context_embedder", "final_layer.linear"],
+    "hidream": ["x_embedder.proj", "final_layer.linear", "caption_projection.0.linear", "caption_projection.1.linear",
+                "caption_projection.2.linear"],
+    "sd15": [],  # a UNet enters and leaves through convolutions
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_EXIT))
+def test_entry_exit_filter_keeps_each_familys_input_and_output_projections(name):
+    """Quantize's default filter keeps exactly the Linears outside the block stacks that take the latent and the text
+    in and give the prediction out (every block Linear is still quantized; few-row Linears keep their own rule)."""
+    from fastlane.quantizers.filters import select
+
+    diffusion_model = build(name).model.diffusion_model
+    kept = select(diffusion_model, "entry+exit", fp8=True).skipped.get("the model's entry/exit projections", [])
+    assert sorted(kept) == sorted(ENTRY_EXIT[name])
+    none = select(diffusion_model, "none", fp8=True)
+    assert set(none.targets) - set(kept) == set(select(diffusion_model, "entry+exit", fp8=True).targets)
+
+
 # ---- checkpoints stored in scaled fp8 (wan2.2_*_fp8_scaled.safetensors) -------------------------------------------
 
 def scaled_fp8_wan():

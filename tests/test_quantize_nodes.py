@@ -104,6 +104,23 @@ def test_few_row_linears_can_hold_fp8_weights_instead(flux):
         sample(late, steps=2)
 
 
+def test_entry_exit_is_the_default_filter_and_keeps_flux_projections_16_bit(flux):
+    from fastlane.quantizers.filters import DEFAULT_PRESET
+
+    schema = NODE["FastlaneQuantize"].GET_SCHEMA()
+    assert next(i for i in schema.inputs if i.id == "filter").default == DEFAULT_PRESET == "entry+exit"
+    reference = sample(flux, steps=4)
+    model, report = quantized(flux, "int8_dynamic", filter="entry+exit")
+    names = quantized_names(model)
+    assert not names & {"img_in", "txt_in", "final_layer.linear"}
+    assert {"double_blocks.0.img_attn.qkv", "double_blocks.1.txt_mlp.2", "single_blocks.1.linear2"} <= names
+    assert "3 kept (the model's entry/exit projections)" in report
+    for kept in ("img_in", "txt_in", "final_layer.linear"):  # plain Linears of the model's own copy, same weights
+        copy, original = (m.get_model_object(f"diffusion_model.{kept}") for m in (model, flux))
+        assert type(copy) is type(original) and torch.equal(copy.weight, original.weight)
+    assert 0 < rel_err(sample(model, steps=4), reference) < 0.05
+
+
 def test_norm_embedding_preset_and_regex(flux):
     model, _ = quantized(flux, filter="norm+embedding")
     names = quantized_names(model)
