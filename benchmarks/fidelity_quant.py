@@ -189,6 +189,18 @@ def grid() -> list[tuple[str, callable]]:
     return rows
 
 
+def _commit() -> str:
+    """The pack's git commit (with ``+changes`` when the tree differs from it), for the results' metadata."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                              text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=28)
@@ -241,7 +253,7 @@ def main() -> None:
             "model": f"{family.model_note}, fp32", "reference": "the same model, fp32, no cache",
             "sampling": f"euler/simple, {args.steps} steps, {args.size}x{args.size}",
             "cases": f"{args.classes} classes x {args.seeds} seeds", "torch": torch.__version__,
-            "python": platform.python_version()}
+            "python": platform.python_version(), "commit": _commit()}
     def cells(r: dict) -> str:
         if "not_run" in r:
             return f"not run on the CPU: {r['not_run']} | —"

@@ -57,8 +57,8 @@ def models_dir(tmp_path, monkeypatch):
     return tmp_path
 
 
-def quantize(model, **kw):
-    return NODE["FastlaneQuantize"].execute(model=model, scheme="fp8_scaled_mm", filter="none", **kw).result[0]
+def quantize(model, filter="none", **kw):
+    return NODE["FastlaneQuantize"].execute(model=model, scheme="fp8_scaled_mm", filter=filter, **kw).result[0]
 
 
 def save(model, prefix="fastlane/tiny_flux"):
@@ -66,15 +66,16 @@ def save(model, prefix="fastlane/tiny_flux"):
     return out.result[0]
 
 
+@pytest.mark.parametrize("filter", ["none", "entry+exit"])
 def test_saved_fp8_model_loads_back_in_comfyui_with_fp8_weights_and_samples_alike(fp8_on_cpu, tiny_flux_detection,
-                                                                                   models_dir):
+                                                                                   models_dir, filter):
     import comfy.sd
     from comfy.quant_ops import QuantizedTensor
     from fastlane.quantizers.fp8_scaled import Fp8Weights
 
     flux = tiny_flux()
     reference16 = sample(flux, steps=STEPS)
-    quantized = quantize(flux)
+    quantized = quantize(flux, filter)
     reference = sample(quantized, steps=STEPS)
     before = {k: v.clone() for k, v in quantized.model.diffusion_model.state_dict().items()}
 
@@ -100,7 +101,9 @@ def test_saved_fp8_model_loads_back_in_comfyui_with_fp8_weights_and_samples_alik
         # the very codes and per-row scales of the quantized model, not requantized
         assert torch.equal(theirs.weight._qdata.view(torch.uint8), ours.weight.view(torch.uint8))
         assert torch.equal(theirs.weight._layout_params["scale"].flatten(), ours.weight_scale.flatten().float())
-    assert isinstance(dm.final_layer.linear.weight, QuantizedTensor)
+    # with entry+exit the projections in and out are written and loaded back 16-bit
+    assert isinstance(dm.final_layer.linear.weight, QuantizedTensor) == (filter == "none")
+    assert isinstance(dm.img_in.weight, QuantizedTensor) == (filter == "none")
 
     out = sample(loaded, steps=STEPS)
     err = rel_err(out, reference)
