@@ -36,7 +36,7 @@ class FastlaneQuantize(io.ComfyNode):
                 io.Combo.Input("filter", options=list(filters.PRESETS), default=filters.DEFAULT_PRESET,
                                tooltip="Which Linears stay in 16-bit besides the few-row ones. entry+exit: the "
                                        "model's entry and exit projections (FLUX img_in, txt_in, final_layer; "
-                                       "0.02% of FLUX's Linear work, but fp8 there moved the image more than fp8 in "
+                                       "0.03% of FLUX's Linear work, but fp8 there moved the image more than fp8 in "
                                        "all blocks together: +4 to +5 dB on our FLUX proxies). none: quantize all "
                                        "others. norm+embedding: entry+exit and norm/embedding-named layers. regex: "
                                        "keep names matching the regex below."),

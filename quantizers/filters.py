@@ -33,7 +33,7 @@ Presets on top of that:
   ``img_in``, ``txt_in``, ``final_layer.linear``; Qwen-Image ``img_in``, ``txt_in``, ``proj_out``; Wan
   ``text_embedding.*``, ``head.head``; Z-Image/Lumina2 ``x_embedder``, ``cap_embedder.1``, ``final_layer.linear``;
   HunyuanVideo ``txt_in.input_embedder``, ``final_layer.linear``; SD3 ``context_embedder``; HiDream's caption
-  projections; SDXL/SD1.x enter and leave through convolutions: nothing). On FLUX.1-dev they hold 0.02% of the
+  projections; SDXL/SD1.x enter and leave through convolutions: nothing). On FLUX.1-dev they hold 0.03% of the
   Linear FLOPs of a 1024² step, and fp8 there moved the image more than fp8 in every block together: on both FLUX
   proxies fp8_scaled_mm went from 41.95 / 40.39 to 46.96 / 44.59 dB with them kept (docs/FIDELITY.md);
 - ``none``: quantize every other Linear;
