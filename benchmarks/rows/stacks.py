@@ -197,12 +197,12 @@ for _name, _families, _heavy, _make, _note in [
     # the model's entry and exit projections kept 16-bit (the Quantize node's default filter since 2026-12-08):
     # per-step cost (against fp8sm_fewfp8+compile_regional) and the fast tier at 0.3 and at 0.2 computed, where
     # the CPU proxies put its fidelity above the 0.3 tier's with every Linear fp8 (issue 18's 0.75 s)
-    ("fp8sm_ee+compile_regional", ("flux",), True,
+    ("fp8sm_ee+compile_regional", ("flux", "flux2"), True,
      lambda m: _compiled(_quantized(m, "fp8_scaled_mm", "auto", "entry+exit")),
      "fp8_scaled_mm (few-row weights fp8; img_in, txt_in, final_layer 16-bit), Fastlane Compile regional"),
     ("fast_target0.3_ee", ("flux",), True, lambda m: _entry_exit_tier(m, "fp8_scaled_mm", 0.3),
      "fp8_scaled_mm (entry/exit 16-bit), target-speed 0.3 order 2 (auto: blocks+output), Compile regional"),
-    ("fast_target0.2_ee", ("flux",), True, lambda m: _entry_exit_tier(m, "fp8_scaled_mm", 0.2),
+    ("fast_target0.2_ee", ("flux", "flux2"), True, lambda m: _entry_exit_tier(m, "fp8_scaled_mm", 0.2),
      "fp8_scaled_mm (entry/exit 16-bit), target-speed 0.2 order 2 (auto: blocks+output), Compile regional"),
     ("fast_target0.2_fp8tw_ee", ("flux",), True, lambda m: _entry_exit_tier(m, "fp8_tensorwise", 0.2),
      "fp8_tensorwise (entry/exit 16-bit), target-speed 0.2 order 2 (auto: blocks+output), Compile regional"),
