@@ -374,3 +374,30 @@ def test_an_fp8_scaled_checkpoint_is_quantized_from_its_scaled_weights(fp8_on_cp
     assert rel_err(run("wan21", compiled(model)), eager) < 0.02  # then compiled: still one block graph
     assert new_graphs() == 1
     assert torch.equal(run("wan21", wan), reference)
+
+
+def test_the_fastest_flux_chain_as_shipped_samples_compiles_to_two_graphs_and_skips_blocks(fp8_on_cpu):
+    """The fastest FLUX workflow's chain with the nodes' settings as shipped (scripts/make_workflows.py): Quantize
+    fp8_scaled_mm with the default filter entry+exit → Target Speed 0.2 (order 2, auto) → Compile regional, on the
+    tiny FLUX in ComfyUI's loop: two block graphs, 2 of 10 steps run the blocks, the entry/exit projections 16-bit,
+    and compiling changes the image no more than rounding does."""
+    from tiny_models import BlockCounter, sample, tiny_flux
+
+    from fastlane.quantizers.patching import quantized_paths
+
+    flux = tiny_flux()
+    quantized = NODE["FastlaneQuantize"].execute(model=flux, scheme="fp8_scaled_mm", filter="entry+exit", regex="",
+                                                 few_row_linears="auto").result[0]
+    assert not {"diffusion_model.img_in", "diffusion_model.txt_in",
+                "diffusion_model.final_layer.linear"} & quantized_paths(quantized)
+    cached = NODE["FastlaneTargetSpeedCache"].execute(model=quantized, compute_fraction=0.2, order=2,
+                                                      granularity="auto", start=0.0, end=1.0).result[0]
+    eager = sample(cached, steps=10)
+    counters.clear()
+    fast = compiled(cached)
+    blocks = BlockCounter(fast)
+    out = sample(fast, steps=10)
+    blocks.close()
+    assert new_graphs() == 2 and not counters["graph_break"]
+    assert blocks.calls == 2 * blocks.blocks  # round(0.2 * 10) computed steps
+    assert torch.isfinite(out).all() and rel_err(out, eager) < 0.02
