@@ -126,7 +126,8 @@ class AdaptivePolicy(Policy):
 
 
 class TargetSpeedPolicy(Policy):
-    """Compute exactly ``round(fraction * steps)`` of the steps (at least 1) on a plan fixed when the run starts.
+    """Compute exactly ``round(fraction * steps)`` of the steps (at least 1, and at least ``min_steps``) on a plan
+    fixed when the run starts.
 
     The plan: the first ``warmup`` steps (the forecast needs ``order + 1`` computed points before it extrapolates
     well), then the rest of the budget spread evenly over the remaining steps, the last step included (``last``).
@@ -138,20 +139,23 @@ class TargetSpeedPolicy(Policy):
     name = "target"
 
     def __init__(self, fraction: float, window: Window = Window(), warmup: int = 1, last: bool = True,
-                 growth: float = 0.0) -> None:
+                 growth: float = 0.0, min_steps: int = 0) -> None:
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"compute fraction must be in (0, 1], got {fraction}")
+        if min_steps < 0:
+            raise ValueError(f"the minimum of computed steps must be 0 (no minimum) or more, got {min_steps}")
         if not 0.0 <= growth <= 1.0:
             raise ValueError(f"spacing growth must be in [0, 1] (0: even gaps, 1: gaps growing from 0), got {growth}")
         super().__init__(window, warmup)
         self.fraction = fraction
         self.last = last
         self.growth = growth
+        self.min_steps = min_steps
         self.plan: set[int] = set()
 
     def begin(self, num_steps: int, step_sizes: list[float] | None = None) -> None:
         super().begin(num_steps)
-        budget = min(num_steps, max(1, round(self.fraction * num_steps)))
+        budget = min(num_steps, max(1, self.min_steps, round(self.fraction * num_steps)))
         outside = {s for s in range(num_steps) if not self.window.contains(s, num_steps)}
         inside = [s for s in range(num_steps) if s not in outside]
         plan = set(inside[:min(self.warmup, budget)])
@@ -162,7 +166,8 @@ class TargetSpeedPolicy(Policy):
         return step in self.plan
 
     def describe(self) -> str:
-        return f"target {self.fraction:g} of steps" + (f", gaps growing {self.growth:g}" if self.growth else "")
+        return (f"target {self.fraction:g} of steps" + (f", at least {self.min_steps}" if self.min_steps else "")
+                + (f", gaps growing {self.growth:g}" if self.growth else ""))
 
 
 def spread(items: list[int], k: int, last: bool = True, growth: float = 0.0) -> list[int]:

@@ -162,27 +162,32 @@ class FastlaneTargetSpeedCache(io.ComfyNode):
             inputs=[
                 _model_input(),
                 io.Float.Input("compute_fraction", default=0.4, min=0.05, max=1.0, step=0.01,
-                               tooltip="Fraction of the steps that run the full model (rounded, at least one). "
-                                       "The image follows how many steps compute more than the fraction: with "
-                                       "fp8 on our FLUX proxies 6 computed kept about 40 dB at 20 and at 28 "
-                                       "steps, 4 dropped to 33-36 dB; with fewer sampler steps, raise it."),
+                               tooltip="Fraction of the steps that run the full model (rounded, at least one, and "
+                                       "at least min_computed_steps)."),
                 io.Int.Input("order", default=1, min=0, max=3,
                              tooltip="Taylor order of the forecast on skipped steps. On the demo models: FLUX is "
                                      "closest at 2 (+1-2 dB over 1), SDXL and Qwen-Image at 1 (+5 / +3 dB over 2), "
                                      "Z-Image alike at 1 and 2. 0 reuses the last computed result, FORA-style."),
                 *_common_inputs(),
+                io.Int.Input("min_computed_steps", default=0, min=0, max=1000, optional=True,
+                             tooltip="At least this many steps run the full model, whatever the fraction (0: no "
+                                     "minimum). The image follows how many steps compute more than the fraction: "
+                                     "with fp8 on our FLUX proxies 6 computed kept about 40 dB PSNR at 20 and at 28 "
+                                     "steps, 4 dropped to 33-36 dB. The fastest FLUX workflow sets 6, so fewer "
+                                     "sampler steps keep its image."),
             ],
             outputs=[io.Model.Output(tooltip="The model with target-speed caching (the input MODEL is unchanged).")],
         )
 
     @classmethod
     def execute(cls, model, compute_fraction: float, order: int, granularity: str, start: float,
-                end: float) -> io.NodeOutput:
+                end: float, min_computed_steps: int = 0) -> io.NodeOutput:
         adapter = adapter_for(model)
         if granularity == "auto" and adapter.family in BLENDED_BY_DEFAULT:
             granularity = "blocks+output"
-        policy = partial(TargetSpeedPolicy, compute_fraction, Window(start, end))
-        return _cached(model, policy, order, granularity, f"Target/{compute_fraction:g}", adapter)
+        policy = partial(TargetSpeedPolicy, compute_fraction, Window(start, end), min_steps=min_computed_steps)
+        label = f"Target/{compute_fraction:g}" + (f"/min{min_computed_steps}" if min_computed_steps else "")
+        return _cached(model, policy, order, granularity, label, adapter)
 
 
 class FastlaneDeepCache(io.ComfyNode):

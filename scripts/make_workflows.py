@@ -218,13 +218,16 @@ def flux_balanced() -> Workflow:
 
 
 # The FLUX fastest workflow's Target Speed fraction: 6 of 28 steps. With the entry/exit projections 16-bit it kept
-# both FLUX proxies closer to the 16-bit image than the 0.3 tier with every Linear fp8 did (docs/FIDELITY.md).
+# both FLUX proxies closer to the 16-bit image than the 0.3 tier with every Linear fp8 did (docs/FIDELITY.md); the
+# image follows the count of computed steps, so at fewer sampler steps the count stays at 6 (min_computed_steps).
 FLUX_FASTEST_FRACTION = 0.2
+FLUX_FASTEST_MIN_STEPS = 6
 
 
 def flux_fastest() -> Workflow:
     return _flux_base(_chain(("FastlaneQuantize", QUANTIZE),
-                             ("FastlaneTargetSpeedCache", {"compute_fraction": FLUX_FASTEST_FRACTION, **TARGET}),
+                             ("FastlaneTargetSpeedCache", {"compute_fraction": FLUX_FASTEST_FRACTION, **TARGET,
+                                                           "min_computed_steps": FLUX_FASTEST_MIN_STEPS}),
                              ("FastlaneCompile", COMPILE)),
                       "FLUX.1-dev fastest", "## FLUX.1-dev, fastest\n\n**Quantize fp8_scaled_mm** (needs an Ada, "
                       "Hopper or Blackwell GPU; its few_row_linears `auto` stores the modulation weights in fp8 too: "
@@ -234,9 +237,8 @@ def flux_fastest() -> Workflow:
                       "for the warm speed. The same chain at 0.3 with every Linear fp8 took 0.92 s per image on an "
                       "H100 (random weights); this 0.2 chain is not yet timed on a GPU. For more fidelity, set Target "
                       "Speed to 0.3 (8 steps). The image follows the number of computed steps more than the "
-                      "fraction: with fewer than 28 sampler steps raise the fraction to keep about 6 computed (0.3 "
-                      "at 20 steps): at 20 steps 0.2 computes only 4, and our FLUX proxies lost 5 to 6 dB against "
-                      "6 computed.\n\n"
+                      f"fraction, so `min_computed_steps` {FLUX_FASTEST_MIN_STEPS} keeps 6 computed at fewer sampler "
+                      "steps: at 20 steps 0.2 alone computes 4, and our FLUX proxies lost 5 to 6 dB against 6.\n\n"
                       f"{FLUX_FILES_TEXT}\n\nSpeed: {FIGURES}.", "fastlane-flux-fastest")
 
 

@@ -56,6 +56,16 @@ def test_target_speed_spreads_its_computes_evenly_up_to_the_last_step():
     assert not TargetSpeedPolicy.needs_signal
 
 
+def test_target_speed_computes_at_least_min_steps_whatever_the_step_count():
+    for steps, computed in [(10, 6), (20, 6), (28, 6), (40, 8), (50, 10), (4, 4)]:
+        plan = run_policy(TargetSpeedPolicy(0.2, min_steps=6), steps)
+        assert sum(plan) == computed and plan[0] and plan[-1], (steps, plan)
+    assert run_policy(TargetSpeedPolicy(0.2, min_steps=0), 20) == run_policy(TargetSpeedPolicy(0.2), 20)
+    assert "at least 6" in TargetSpeedPolicy(0.2, min_steps=6).describe()
+    with pytest.raises(ValueError, match="minimum of computed steps"):
+        TargetSpeedPolicy(0.2, min_steps=-1)
+
+
 def test_target_speed_window_steps_compute_on_top_of_the_budget():
     plan = run_policy(TargetSpeedPolicy(0.25, Window(0.25, 1.0)), 20)
     assert all(plan[:5]) and sum(plan[5:]) == 5 and plan[-1]  # budget round(0.25 * 20) inside the window

@@ -143,6 +143,20 @@ def test_img2img_partial_denoise_plans_over_its_own_steps(flux):
         counter.close()
 
 
+def test_target_speed_min_computed_steps_holds_at_fewer_sampler_steps(flux):
+    counter = BlockCounter(flux)
+    try:
+        for steps, computed in [(10, 6), (30, 6), (40, 8)]:  # fraction 0.2, at least 6 (the fastest FLUX workflow)
+            counter.calls = 0
+            cached = NODE["FastlaneTargetSpeedCache"].execute(model=flux, compute_fraction=0.2, order=2,
+                                                              granularity="blocks", min_computed_steps=6,
+                                                              **ALL).result[0]
+            sample(cached, steps=steps, size=32)
+            assert counter.calls == computed * counter.blocks, steps
+    finally:
+        counter.close()
+
+
 def test_the_input_model_is_unchanged(flux):
     before = sample(flux, steps=6)
     options_before = repr(flux.model_options)
