@@ -44,6 +44,16 @@ MODEL_TIP = ("Any diffusion model. Block-level caching (blocks, last_block): FLU
              "(deep): SDXL and SD1.x/2.x UNets; every other model (SD3, HiDream, Wan VACE, ...): output only")
 
 
+def _min_computed_steps_input() -> io.Int.Input:
+    """The floor of a fixed-budget plan (Target Speed, Spectrum): optional and last, so saved workflows keep their
+    widget order."""
+    return io.Int.Input("min_computed_steps", default=0, min=0, max=1000, optional=True,
+                        tooltip="At least this many steps run the full model, whatever the fraction (0: no minimum). "
+                                "The image follows how many steps compute more than the fraction: with fp8 on our "
+                                "FLUX proxies 6 computed kept about 40 dB PSNR at 20 and at 28 steps, 4 dropped to "
+                                "33-36 dB. The fastest FLUX workflow sets 6, so fewer sampler steps keep its image.")
+
+
 def _model_input(families: str = MODEL_TIP) -> io.Model.Input:
     return io.Model.Input("model", tooltip=f"{families} (from Load Diffusion Model, a checkpoint loader, or LoRA).")
 
@@ -169,12 +179,7 @@ class FastlaneTargetSpeedCache(io.ComfyNode):
                                      "closest at 2 (+1-2 dB over 1), SDXL and Qwen-Image at 1 (+5 / +3 dB over 2), "
                                      "Z-Image alike at 1 and 2. 0 reuses the last computed result, FORA-style."),
                 *_common_inputs(),
-                io.Int.Input("min_computed_steps", default=0, min=0, max=1000, optional=True,
-                             tooltip="At least this many steps run the full model, whatever the fraction (0: no "
-                                     "minimum). The image follows how many steps compute more than the fraction: "
-                                     "with fp8 on our FLUX proxies 6 computed kept about 40 dB PSNR at 20 and at 28 "
-                                     "steps, 4 dropped to 33-36 dB. The fastest FLUX workflow sets 6, so fewer "
-                                     "sampler steps keep its image."),
+                _min_computed_steps_input(),
             ],
             outputs=[io.Model.Output(tooltip="The model with target-speed caching (the input MODEL is unchanged).")],
         )
@@ -271,17 +276,20 @@ class FastlaneSpectrumCache(io.ComfyNode):
                                tooltip="The time axis the series is fitted over: step (position on the schedule), "
                                        "sigma (noise level) or time (the model's own timestep)."),
                 *_common_inputs(),
+                _min_computed_steps_input(),
             ],
             outputs=[io.Model.Output(tooltip="The model with Spectrum caching (the input MODEL is unchanged).")],
         )
 
     @classmethod
     def execute(cls, model, compute_fraction: float, degree: int, ridge: float, blend: float, warmup_steps: int,
-                growth: float, coordinate: str, granularity: str, start: float, end: float) -> io.NodeOutput:
+                growth: float, coordinate: str, granularity: str, start: float, end: float,
+                min_computed_steps: int = 0) -> io.NodeOutput:
         adapter = adapter_for(model)
         if granularity == "auto" and "last_block" in adapter.granularities:
             granularity = "last_block"  # Spectrum's feature; on both proxies 4-5 dB closer than blocks for it
-        policy = partial(TargetSpeedPolicy, compute_fraction, Window(start, end), warmup_steps, True, growth)
+        policy = partial(TargetSpeedPolicy, compute_fraction, Window(start, end), warmup_steps, True, growth,
+                         min_steps=min_computed_steps)
         forecast = ForecastSpec("spectrum", degree=degree, ridge=ridge, blend=blend, coordinate=coordinate)
         return _cached(model, policy, forecast, granularity, f"Spectrum/{compute_fraction:g}/M{degree}", adapter)
 

@@ -139,6 +139,15 @@ def test_cached_steps_run_no_block_and_stay_close(flux, granularity):
     assert (cached - reference).abs().mean() < 0.5 * reference.abs().mean()
 
 
+def test_min_computed_steps_is_a_floor_on_the_plan(flux):
+    counter = BlockCounter(flux)
+    try:
+        sample(spectrum(flux, 0.2, min_computed_steps=6), steps=12, size=32)  # round(0.2 * 12) = 2, floor 6
+        assert counter.calls == 6 * counter.blocks
+    finally:
+        counter.close()
+
+
 def test_spectral_forecast_differs_from_linear_and_both_run_with_heun(flux):
     spectral = sample(spectrum(flux, 0.5, blend=1.0), steps=12, size=32, sampler="heun")
     linear = sample(spectrum(flux, 0.5, blend=0.0), steps=12, size=32, sampler="heun")
