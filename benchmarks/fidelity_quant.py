@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fidelity as F  # noqa: E402  (loads ComfyUI with the pack)
+import run as bench  # noqa: E402  (benchmarks/run.py: the pack's commit for the results' metadata)
 
 import torch  # noqa: E402
 
@@ -29,10 +30,10 @@ NODE = F.NODE
 ALL = dict(start=0.0, end=1.0)
 
 
-def quantize(scheme: str, few_rows: str = "16-bit", keep: str = ""):
-    """Fastlane Quantize with ``scheme``; ``keep``: a regex of Linears left 16-bit (the node's ``regex`` filter)."""
-    return lambda m: NODE["FastlaneQuantize"].execute(model=m, scheme=scheme, filter="regex" if keep else "none",
-                                                      regex=keep, few_row_linears=few_rows).result[0]
+def quantize(scheme: str, few_rows: str = "16-bit", filter: str = "none", regex: str = ""):
+    """Fastlane Quantize with ``scheme`` and the node's ``filter`` (``regex``: the Linears it leaves 16-bit)."""
+    return lambda m: NODE["FastlaneQuantize"].execute(model=m, scheme=scheme, filter=filter, regex=regex,
+                                                      few_row_linears=few_rows).result[0]
 
 
 def target(fraction: float, granularity: str = "blocks", order: int = 2):
@@ -106,40 +107,39 @@ def fast_tier_grid() -> list[tuple[str, callable]]:
     return rows
 
 
-# Groups of FLUX Linears for the sensitivity grid: regex (names inside diffusion_model) and the group's share of the
-# Linear FLOPs of a FLUX.1-dev 1024² step (19 double + 38 single blocks, 4096 img + 512 txt tokens, width 3072;
-# per token a double block's stream runs 12·d² MACs in its Linears, a single block 12·d²).
-SENSITIVITY_GROUPS = [
-    ("txt stream of the double blocks (txt_attn, txt_mlp)", r"^double_blocks\.\d+\.txt_(attn|mlp)\.", 0.037),
-    ("img qkv of the double blocks", r"^double_blocks\.\d+\.img_attn\.qkv$", 0.074),
-    ("img attention out (img_attn.proj)", r"^double_blocks\.\d+\.img_attn\.proj$", 0.025),
-    ("img MLP of the double blocks", r"^double_blocks\.\d+\.img_mlp\.", 0.198),
-    ("single blocks' linear1 (qkv + MLP in)", r"^single_blocks\.\d+\.linear1$", 0.389),
-    ("single blocks' linear2 (attention + MLP out)", r"^single_blocks\.\d+\.linear2$", 0.278),
-    ("first double block", r"^double_blocks\.0\.", 0.0175),
-    ("last single block", "LAST_SINGLE", 0.0175),
-    ("entry and exit (img_in, txt_in, final_layer.linear)", r"^(img_in|txt_in|final_layer\.linear)$", 0.00027),
-    ("img_in", r"^img_in$", 0.000027),  # 4096 tokens x 64 x 3072
-    ("txt_in", r"^txt_in$", 0.00022),  # 512 tokens x 4096 x 3072
-    ("final_layer.linear", r"^final_layer\.linear$", 0.000027),
-]
+def sensitivity_groups(single_blocks: int) -> list[tuple[str, str, float]]:
+    """Groups of FLUX Linears for the sensitivity grid: label, regex (names inside diffusion_model) and the group's
+    share of the Linear FLOPs of a FLUX.1-dev 1024² step (19 double + 38 single blocks, 4096 img + 512 txt tokens,
+    width 3072; per token a double block's stream runs 12·d² MACs in its Linears, a single block 12·d²)."""
+    return [
+        ("txt stream of the double blocks (txt_attn, txt_mlp)", r"^double_blocks\.\d+\.txt_(attn|mlp)\.", 0.037),
+        ("img qkv of the double blocks", r"^double_blocks\.\d+\.img_attn\.qkv$", 0.074),
+        ("img attention out (img_attn.proj)", r"^double_blocks\.\d+\.img_attn\.proj$", 0.025),
+        ("img MLP of the double blocks", r"^double_blocks\.\d+\.img_mlp\.", 0.198),
+        ("single blocks' linear1 (qkv + MLP in)", r"^single_blocks\.\d+\.linear1$", 0.389),
+        ("single blocks' linear2 (attention + MLP out)", r"^single_blocks\.\d+\.linear2$", 0.278),
+        ("first double block", r"^double_blocks\.0\.", 0.0175),
+        ("last single block", rf"^single_blocks\.{single_blocks - 1}\.", 0.0175),
+        ("entry and exit (img_in, txt_in, final_layer.linear)", r"^(img_in|txt_in|final_layer\.linear)$", 0.00027),
+        ("img_in", r"^img_in$", 0.000027),  # 4096 tokens x 64 x 3072
+        ("txt_in", r"^txt_in$", 0.00022),  # 512 tokens x 4096 x 3072
+        ("final_layer.linear", r"^final_layer\.linear$", 0.000027),
+    ]
 
 
-def sensitivity_grid(depth: dict) -> list[tuple[str, callable]]:
+def sensitivity_grid(single_blocks: int) -> list[tuple[str, callable]]:
     """Where fp8's error comes from (issue 18's 0.75 s asks for the 0.3 tier's fidelity at fewer computed steps, and
     fp8's rounding dominates the fast tier's error): fp8_scaled_mm on every Linear but one group, which stays
     16-bit, alone and under Target Speed 0.2 (``blocks+output``); each row names the group's FLOP share at
     FLUX.1-dev 1024², i.e. what keeping it 16-bit would cost in time."""
-    last = rf"^single_blocks\.{depth['single'] - 1}\."
     rows = [("fp32 (reference)", lambda m: m),
             ("fp8_scaled_mm, every Linear", quantize("fp8_scaled_mm", "fp8 weights")),
             ("fp8_scaled_mm + target 0.3 (blocks), the 0.3 tier until 2026-12-07",
              lambda m: target(0.3)(quantize("fp8_scaled_mm", "fp8 weights")(m))),
             ("fp8_scaled_mm + target 0.2 (blocks+output)",
              lambda m: target(0.2, "blocks+output")(quantize("fp8_scaled_mm", "fp8 weights")(m)))]
-    for label, keep, share in SENSITIVITY_GROUPS:
-        keep = last if keep == "LAST_SINGLE" else keep
-        q = quantize("fp8_scaled_mm", "fp8 weights", keep)
+    for label, keep, share in sensitivity_groups(single_blocks):
+        q = quantize("fp8_scaled_mm", "fp8 weights", "regex", keep)
         rows.append((f"fp8 but {label} 16-bit ({share * 100:.2g}% of FLUX.1 Linear FLOPs)", q))
         rows.append((f"fp8 but {label} 16-bit + target 0.2 (blocks+output)",
                      lambda m, q=q: target(0.2, "blocks+output")(q(m))))
@@ -158,8 +158,7 @@ def entry_exit_grid(family: str) -> list[tuple[str, callable]]:
     flux = family.startswith("flux")
     for scheme in ("fp8_scaled_mm", "fp8_tensorwise") if flux else ("fp8_scaled_mm",):
         every = quantize(scheme, "fp8 weights")
-        kept = lambda m, s=scheme: NODE["FastlaneQuantize"].execute(
-            model=m, scheme=s, filter="entry+exit", few_row_linears="fp8 weights").result[0]
+        kept = quantize(scheme, "fp8 weights", "entry+exit")
         rows.append((f"{scheme}, every Linear", every))
         rows.append((f"{scheme}, entry/exit 16-bit (filter entry+exit)", kept))
         for fraction, order in [(f, 2) for f in (0.3, 0.25, 0.2)] if flux else FAMILY_TIERS[family]:
@@ -170,8 +169,10 @@ def entry_exit_grid(family: str) -> list[tuple[str, callable]]:
     return rows
 
 
-GRIDS = {"native": native_grid, "fast-tier": fast_tier_grid, "sensitivity": sensitivity_grid,
-         "entry-exit": entry_exit_grid}
+# grid name -> rows, from the family's name and its diffusion model
+GRIDS = {"native": lambda family, dm: native_grid(), "fast-tier": lambda family, dm: fast_tier_grid(),
+         "sensitivity": lambda family, dm: sensitivity_grid(len(dm.single_blocks)),
+         "entry-exit": lambda family, dm: entry_exit_grid(family)}
 
 
 def grid() -> list[tuple[str, callable]]:
@@ -187,18 +188,6 @@ def grid() -> list[tuple[str, callable]]:
                  lambda m: target(0.3)(quantize("fp8_scaled_mm", "fp8 weights")(m))))
     rows.append(("fp8_scaled_mm + target 0.3 order 2 (output)", lambda m: target(0.3, "output")(quantize("fp8_scaled_mm")(m))))
     return rows
-
-
-def _commit() -> str:
-    """The pack's git commit (with ``+changes`` when the tree differs from it), for the results' metadata."""
-    import subprocess
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parents[1], capture_output=True,
-                              text=True).stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def main() -> None:
@@ -224,14 +213,7 @@ def main() -> None:
     cases = [(c, s) for c in family.module.class_names()[: args.classes] for s in range(args.seeds)]
     reference = {case: F.sample(family, base, *case, args.steps, args.size) for case in cases}
     results = []
-    blocks = base.model.diffusion_model
-    depth = {"double": len(getattr(blocks, "double_blocks", ())), "single": len(getattr(blocks, "single_blocks", ()))}
-    if args.grid == "sensitivity":
-        rows = sensitivity_grid(depth)
-    elif args.grid == "entry-exit":
-        rows = entry_exit_grid(args.family)
-    else:
-        rows = GRIDS.get(args.grid, grid)()
+    rows = GRIDS[args.grid](args.family, base.model.diffusion_model) if args.grid in GRIDS else grid()
     for name, make in rows:
         t0 = time.perf_counter()
         try:
@@ -253,7 +235,7 @@ def main() -> None:
             "model": f"{family.model_note}, fp32", "reference": "the same model, fp32, no cache",
             "sampling": f"euler/simple, {args.steps} steps, {args.size}x{args.size}",
             "cases": f"{args.classes} classes x {args.seeds} seeds", "torch": torch.__version__,
-            "python": platform.python_version(), "commit": _commit()}
+            "python": platform.python_version(), "commit": bench.pack_commit()}
     def cells(r: dict) -> str:
         if "not_run" in r:
             return f"not run on the CPU: {r['not_run']} | —"

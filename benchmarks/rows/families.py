@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from .comfy_node import node
 from .registry import NEW_FAMILIES, ROWS, row
+from .stacks import quantized  # filter none, as these rows were measured (before the entry+exit default)
 
 OPENED = ("compile_regional", "fp8sm", "fp8sm+compile_regional", "fp8sm_fewfp8", "fp8sm_fewfp8+compile_regional",
           "target0.3", "fastlane_target", "fast_target0.3_fewfp8", "fast_target0.3", "int8wo",
@@ -26,15 +27,10 @@ for _name in OPENED:
     _row.families = tuple(dict.fromkeys((*_row.families, *NEW_FAMILIES)))
 
 
-def _quantized(model, scheme: str, few_rows: str = "16-bit"):
-    """Fastlane Quantize with filter ``none``, as these rows were measured (before the ``entry+exit`` default)."""
-    return node("FastlaneQuantize", model, scheme=scheme, few_row_linears=few_rows, filter="none")
-
-
 @row("int8dyn", families=("flux", "sdxl", *NEW_FAMILIES),
      note="Fastlane Quantize int8 dynamic activations + int8 weights (torchao), eager; runs on a CPU too")
 def int8dyn(model):
-    return _quantized(model, "int8_dynamic")
+    return quantized(model, "int8_dynamic")
 
 
 @row("fast_target0.5_fewfp8", families=("flux", *NEW_FAMILIES), heavy=True,
@@ -52,6 +48,6 @@ def fast_target04(model):
 
 
 def _fast_tier(model, fraction: float):
-    cached = node("FastlaneTargetSpeedCache", _quantized(model, "fp8_scaled_mm", "auto"), compute_fraction=fraction,
+    cached = node("FastlaneTargetSpeedCache", quantized(model, "fp8_scaled_mm", "auto"), compute_fraction=fraction,
                   order=2)
     return node("FastlaneCompile", cached)
